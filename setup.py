@@ -1,0 +1,32 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = 'vla_prune_ros'
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(exclude=['test']),
+    package_data={package_name: ['assets/*', 'assets/**/*']},
+    include_package_data=True,
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
+        ('share/' + package_name + '/config', glob('config/*.yaml')),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=False,
+    maintainer='vla_prune_ros maintainers',
+    maintainer_email='maintainers@vla-prune-ros.dev',
+    description='Token-pruned OpenVLA-OFT policies as a ROS 2 action server.',
+    license='Apache-2.0',
+    entry_points={
+        'console_scripts': [
+            'vla_prune_node = vla_prune_ros.node:main',
+            'vla_prune_sim = vla_prune_ros.sim.sim_node:main',
+            'vla-prune = vla_prune_ros.cli:main',
+        ],
+    },
+)
