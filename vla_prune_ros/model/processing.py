@@ -1,0 +1,125 @@
+"""Inputs and outputs of the model: pixels, prompt ids, proprio and action (un)normalisation.
+
+Follows OpenVLA-OFT's published inference path (see shared METHODS.md): a 90 %-area center
+crop with TensorFlow ``crop_and_resize`` semantics, one normalisation per ViT stacked as
+channels, the prompt tokenised with BOS and no EOS plus the appended readout token, and
+BOUNDS_Q99 un-normalisation.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .configuration_vla import VLAConfig
+
+CROP_AREA = 0.9
+
+
+def crop_and_resize(image: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+    """Bilinear crop-and-resize with TensorFlow ``tf.image.crop_and_resize`` sampling, float32.
+
+    ``box`` is (y1, x1, y2, x2) in normalised coordinates; sample i of n lies at
+    ``y1 * (H - 1) + i * (y2 - y1) * (H - 1) / (n - 1)``.
+    """
+    height, width = image.shape[:2]
+    y1, x1, y2, x2 = box
+    ys = y1 * (height - 1) + np.arange(size, dtype=np.float32) * ((y2 - y1) * (height - 1) / (size - 1))
+    xs = x1 * (width - 1) + np.arange(size, dtype=np.float32) * ((x2 - x1) * (width - 1) / (size - 1))
+    map_x, map_y = np.meshgrid(xs, ys)
+    return cv2.remap(image.astype(np.float32), map_x.astype(np.float32), map_y.astype(np.float32),
+                     interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def prepare_image(image: np.ndarray, size: int, center_crop: bool) -> np.ndarray:
+    """Any-size uint8 RGB -> (size, size, 3) uint8, as the model saw it in training."""
+    if image.shape[:2] != (size, size):
+        interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+        image = cv2.resize(image, (size, size), interpolation=interpolation)
+    if not center_crop:
+        return image
+    scale = math.sqrt(CROP_AREA)
+    offset = (1.0 - scale) / 2.0
+    cropped = crop_and_resize(image.astype(np.float32) / 255.0, (offset, offset, offset + scale, offset + scale),
+                              size)
+    # TF convert_image_dtype(float -> uint8, saturate=True): clip, scale by 255.5, truncate.
+    return (np.clip(cropped, 0.0, 1.0) * 255.5).astype(np.uint8)
+
+
+def pixel_values(images: list[np.ndarray], config: VLAConfig) -> torch.Tensor:
+    """Prepared uint8 images (one per camera, model order) -> (1, cameras * backbones * 3, S, S) float."""
+    channels = []
+    for image in images:
+        unit = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        for backbone in config.vision.backbones:
+            mean = torch.tensor(backbone.mean).view(3, 1, 1)
+            std = torch.tensor(backbone.std).view(3, 1, 1)
+            channels.append((unit - mean) / std)
+    return torch.cat(channels, dim=0).unsqueeze(0)
+
+
+def normalize_proprio(proprio: np.ndarray, config: VLAConfig) -> np.ndarray:
+    """BOUNDS_Q99 normalisation to [-1, 1] where the mask is set (all dims when there is no mask)."""
+    stats = config.proprio_norm
+    proprio = np.asarray(proprio, dtype=np.float64)
+    if stats is None:
+        return proprio
+    q01, q99 = np.asarray(stats.q01), np.asarray(stats.q99)
+    mask = np.ones_like(q01, dtype=bool) if stats.mask is None else np.asarray(stats.mask, dtype=bool)
+    normalized = np.clip(2.0 * (proprio - q01) / (q99 - q01 + 1e-8) - 1.0, -1.0, 1.0)
+    return np.where(mask, normalized, proprio)
+
+
+def unnormalize_actions(normalized: np.ndarray, config: VLAConfig) -> np.ndarray:
+    """a = 0.5 (a_hat + 1)(q99 - q01 + 1e-8) + q01 where the mask is set."""
+    stats = config.action_norm
+    normalized = np.asarray(normalized, dtype=np.float64)
+    if stats is None:
+        return normalized
+    q01, q99 = np.asarray(stats.q01), np.asarray(stats.q99)
+    mask = np.ones_like(q01, dtype=bool) if stats.mask is None else np.asarray(stats.mask, dtype=bool)
+    return np.where(mask, 0.5 * (normalized + 1.0) * (q99 - q01 + 1e-8) + q01, normalized)
+
+
+def normalize_actions(actions: np.ndarray, config: VLAConfig) -> np.ndarray:
+    """Inverse of ``unnormalize_actions`` (for training targets), clipped to [-1, 1]."""
+    stats = config.action_norm
+    actions = np.asarray(actions, dtype=np.float64)
+    if stats is None:
+        return actions
+    q01, q99 = np.asarray(stats.q01), np.asarray(stats.q99)
+    mask = np.ones_like(q01, dtype=bool) if stats.mask is None else np.asarray(stats.mask, dtype=bool)
+    return np.where(mask, np.clip(2.0 * (actions - q01) / (q99 - q01 + 1e-8) - 1.0, -1.0, 1.0), actions)
+
+
+def prompt_ids(tokenizer, instruction: str, config: VLAConfig) -> list[int]:
+    """Ids after BOS: the prompt tokenised with BOS and without EOS, then the readout token appended."""
+    text = config.prompt_template.format(instruction=instruction.strip().lower())
+    ids = tokenizer(text, add_special_tokens=True)['input_ids']
+    if ids and ids[0] == config.bos_token_id:
+        ids = ids[1:]
+    if ids and ids[-1] == config.eos_token_id:
+        ids = ids[:-1]
+    return list(ids) + [config.readout_token_id]
+
+
+def pad_prompts(batch_ids: list[list[int]], config: VLAConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad prompts of mixed length. Padding goes before the readout token, so the action block lines up."""
+    longest = max(len(ids) for ids in batch_ids)
+    ids = torch.full((len(batch_ids), longest), config.pad_token_id, dtype=torch.long)
+    padding = torch.zeros((len(batch_ids), longest), dtype=torch.bool)
+    for row, sample in enumerate(batch_ids):
+        text, readout = sample[:-1], sample[-1]
+        ids[row, :len(text)] = torch.tensor(text, dtype=torch.long)
+        padding[row, len(text):longest - 1] = True
+        ids[row, -1] = readout
+    return ids, padding
+
+
+def load_dataset_statistics(path: Path) -> dict:
+    with open(path) as handle:
+        return json.load(handle)

@@ -1,0 +1,102 @@
+"""The one small interface every pruning method implements.
+
+A method sees the LLM's token set at two kinds of points: before layer 0 (``before_llm``)
+and after any layer (``after_layer``). At each it may return the indices to keep. The model
+does the gathering, recomputes RoPE and the mask for the kept tokens (which keep their
+original position ids), and always keeps non-visual tokens whatever a method returns.
+
+Adding a method is one new module that subclasses ``PruningMethod`` and calls ``register``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+
+@dataclass
+class PruneResult:
+    keep: torch.Tensor | None = None      # indices into the *current* sequence to keep
+    hidden: torch.Tensor | None = None    # replacement hidden states, same length (training-time soft selection)
+
+
+@dataclass
+class InferenceStep:
+    """Per-inference inputs a method may use, and the stage counts it reports."""
+    frames: list[np.ndarray] = field(default_factory=list)   # prepared uint8 frames, model order
+    mode: str = 'coarse'                                       # from the coarse/fine controller
+    ee_speed: float | None = None                              # measured translation speed, m/s
+    stages: list[tuple[str, int]] = field(default_factory=list)
+
+    def report(self, stage: str, tokens: int) -> None:
+        self.stages.append((stage, int(tokens)))
+
+
+class PruningMethod:
+    """Base class: keeps everything. Subclasses override what they need."""
+    name: ClassVar[str] = 'base'
+    trainable: ClassVar[bool] = False
+
+    def __init__(self, **options: Any):
+        unknown = set(options) - set(self.option_defaults())
+        if unknown:
+            raise ValueError(f'{self.name}: unknown option(s) {sorted(unknown)}')
+        self.options = {**self.option_defaults(), **options}
+        self.validate_options(self.options)
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> None:
+        """Raise ValueError naming the option when a value is out of range."""
+
+    def update_options(self, **options: Any) -> None:
+        merged = {**self.options, **options}
+        unknown = set(options) - set(self.option_defaults())
+        if unknown:
+            raise ValueError(f'{self.name}: unknown option(s) {sorted(unknown)}')
+        self.validate_options(merged)
+        self.options = merged
+
+    def reset(self) -> None:
+        """Forget per-episode state (called at every new goal)."""
+
+    def attention_layers(self, num_layers: int) -> set[int]:
+        """Layers after which the model should compute prompt->token attention for ``after_layer``."""
+        return set()
+
+    def before_llm(self, hidden: torch.Tensor, positions: torch.Tensor, layout, step: InferenceStep | None
+                   ) -> PruneResult | None:
+        return None
+
+    def after_layer(self, layer: int, hidden: torch.Tensor, positions: torch.Tensor, layout,
+                    step: InferenceStep | None, attention: torch.Tensor | None) -> PruneResult | None:
+        return None
+
+    def trainable_module(self) -> torch.nn.Module | None:
+        """Parameters the method adds (LightVLA* queries); saved beside the model."""
+        return None
+
+
+METHODS: dict[str, type[PruningMethod]] = {}
+
+
+def register(cls: type[PruningMethod]) -> type[PruningMethod]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def create_method(name: str, **options: Any) -> PruningMethod:
+    from . import available_methods
+    available_methods()   # imports every method module, so each registers itself
+    if name not in METHODS:
+        raise ValueError(f"unknown pruning method '{name}'; choose one of {sorted(METHODS)}")
+    return METHODS[name](**options)
+
+
+def visual_keep_floor(count: int, floor: int) -> int:
+    return max(int(floor), 0) if count > floor else count

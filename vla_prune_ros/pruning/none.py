@@ -1,0 +1,7 @@
+"""``none``: the unpruned baseline. Every token reaches every layer."""
+from .base import PruningMethod, register
+
+
+@register
+class NoPruning(PruningMethod):
+    name = 'none'
