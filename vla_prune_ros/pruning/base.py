@@ -97,6 +97,3 @@ def create_method(name: str, **options: Any) -> PruningMethod:
         raise ValueError(f"unknown pruning method '{name}'; choose one of {sorted(METHODS)}")
     return METHODS[name](**options)
 
-
-def visual_keep_floor(count: int, floor: int) -> int:
-    return max(int(floor), 0) if count > floor else count

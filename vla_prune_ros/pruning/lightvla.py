@@ -1,0 +1,114 @@
+"""LightVLA: each patch asks the instruction and state which patch matters; keep the union of answers.
+
+On the LLM's input embeddings, before layer 0, with no trainable parameters:
+
+    P = rmsnorm(patches)            T = rmsnorm(every non-patch token)
+    Q = rmsnorm(softmax(P Tᵀ/√D) T)  S = Q Pᵀ/√D     (patches x patches)
+
+Inference keeps the union of each query row's argmax (a variable count; kept patches keep
+their original position ids). Training adds noise to S and selects by straight-through
+(``one_hot(argmax) + softmax − softmax.detach()``); the patches become ``S_hard @ P`` so the
+sequence length stays fixed. Noise: ``'uniform'`` × scale as in the released code (default),
+or ``'gumbel'`` as in the paper; the trainer anneals the scale from 1 to 0 with
+``set_noise_scale``. ``forced_visual_keep`` keeps exactly that many patches, ranked by their
+best score (the paper's operating point, for the benchmark).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import PruneResult, PruningMethod, register
+
+
+def rms_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps).to(x.dtype)
+
+
+@register
+class LightVLA(PruningMethod):
+    name = 'lightvla'
+    trainable = True      # trains through the selection, even without parameters of its own
+
+    @classmethod
+    def option_defaults(cls):
+        return dict(noise='uniform', noise_scale=0.0, forced_visual_keep=None, min_visual_tokens=1)
+
+    @classmethod
+    def validate_options(cls, o):
+        if o['noise'] not in ('uniform', 'gumbel'):
+            raise ValueError("lightvla.noise: must be 'uniform' or 'gumbel'")
+        if not o['noise_scale'] >= 0:
+            raise ValueError('lightvla.noise_scale: must be >= 0')
+        if o['forced_visual_keep'] is not None and o['forced_visual_keep'] < 1:
+            raise ValueError('lightvla.forced_visual_keep: must be None or >= 1')
+        if o['min_visual_tokens'] < 1:
+            raise ValueError('lightvla.min_visual_tokens: must be >= 1')
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.training = False
+
+    def train(self, mode: bool = True) -> 'LightVLA':
+        self.training = mode
+        return self
+
+    def set_noise_scale(self, scale: float) -> None:
+        self.update_options(noise_scale=float(scale))
+
+    def queries(self, patches: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+        """Parameter-free queries, one per patch: (B, N, D)."""
+        scale = 1.0 / math.sqrt(patches.shape[-1])
+        context = torch.softmax((patches @ others.transpose(1, 2)) * scale, dim=-1) @ others
+        return rms_normalize(context)
+
+    def scores(self, hidden: torch.Tensor, positions: torch.Tensor, layout) -> tuple[torch.Tensor, torch.Tensor]:
+        visual = layout.is_visual(positions)
+        patches = rms_normalize(hidden[:, visual])
+        others = rms_normalize(hidden[:, ~visual])
+        queries = self.queries(patches, others)
+        return (queries @ patches.transpose(1, 2)) / math.sqrt(patches.shape[-1]), visual
+
+    def before_llm(self, hidden, positions, layout, step):
+        scores, visual = self.scores(hidden, positions, layout)
+        if self.training:
+            return PruneResult(hidden=self._soft_select(hidden, scores, visual))
+        visual_index = torch.nonzero(visual)[:, 0]
+        forced = self.options['forced_visual_keep']
+        if forced is not None:
+            best = scores[0].max(dim=0).values          # each patch's best score as any query's answer
+            chosen = best.topk(min(forced, len(visual_index))).indices
+        else:
+            chosen = scores[0].argmax(dim=-1).unique()
+        if len(chosen) < self.options['min_visual_tokens']:
+            best = scores[0].max(dim=0).values
+            chosen = torch.cat([chosen, best.topk(min(self.options['min_visual_tokens'], len(best))).indices]).unique()
+        keep = torch.cat([torch.nonzero(~visual)[:, 0], visual_index[chosen]]).sort().values
+        if step is not None:
+            step.report('input', len(positions))
+            step.report('lightvla_select', len(keep))
+        return PruneResult(keep=keep)
+
+    def _soft_select(self, hidden, scores, visual):
+        scale = self.options['noise_scale']
+        if scale > 0:
+            if self.options['noise'] == 'gumbel':
+                uniform = torch.rand_like(scores).clamp_(1e-9, 1 - 1e-9)
+                scores = scores + scale * -torch.log(-torch.log(uniform))
+            else:
+                scores = scores + scale * torch.rand_like(scores)
+        soft = scores.softmax(dim=-1)
+        hard = torch.nn.functional.one_hot(soft.argmax(dim=-1), soft.shape[-1]).to(soft.dtype)
+        selection = hard + soft - soft.detach()          # straight-through
+        patches = hidden[:, visual]
+        hidden = hidden.clone()
+        hidden[:, visual] = selection @ patches
+        return hidden
+
+    def kept_fraction(self, hidden, positions, layout) -> float:
+        """Fraction of patches the inference rule would keep (reported during training)."""
+        with torch.no_grad():
+            scores, _ = self.scores(hidden, positions, layout)
+            kept = [len(row.argmax(dim=-1).unique()) for row in scores]
+        return sum(kept) / (len(kept) * scores.shape[-1])

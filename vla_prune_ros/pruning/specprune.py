@@ -1,0 +1,257 @@
+"""SpecPrune-VLA: training-free, two-level token pruning (action level + layer level).
+
+Choices where the paper and the released code differ, or where this project goes further:
+
+* **Static pruning is progressive over layers 0 and 1.** After layer 0 the visual tokens
+  kept are (patches that changed since the earlier frame) ∪ (each view's top-3k patches by
+  prompt->patch attention) ∪ (the previous inference's important set). After layer 1 the
+  same with the top-k. Layer 0 runs on all tokens, layer 1 on the first cut, layers 2+ on
+  the second. Attention rows are computed only for prompt queries from that layer's q/k.
+* **Global history is connected** (the paper uses it, the released code leaves it an empty
+  list): each inference's layer-1 top-k set is always kept by the next inference.
+* **Δ is counted in control steps, as in the paper**, and converted to inferences because the
+  policy sees a frame only when it infers: ``Δ_inferences = ceil(Δ / steps_per_inference)``.
+  ``v`` in the Δ formula is the measured end-effector speed times ``delta_speed_scale``.
+* **Caps and top-k are given per 256 patches per view** (OFT's grid) and scaled to the model.
+* **Dynamic pruning** (code: off by default; paper: on) is on by default here and a parameter.
+  The importance is an EMA (α = 0.2) of each token's normalised attention rank, updated at
+  layers 0, 1 and every layer of S; at S the top ``dynamic_keep_ratio`` of the remaining
+  visual tokens survive, never fewer than ``min_visual_tokens``. S is given for a 32-layer
+  LLM and scaled to the model's depth.
+* ``forced_static_visual`` forces the static stage to keep exactly that many visual tokens
+  (the papers' operating point for the benchmark), ranking by attention then dissimilarity.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+import torch
+
+from .base import InferenceStep, PruneResult, PruningMethod, register
+
+OFT_PATCHES_PER_VIEW = 256
+OFT_LAYERS = 32
+
+
+@register
+class SpecPrune(PruningMethod):
+    name = 'specprune'
+
+    @classmethod
+    def option_defaults(cls):
+        return dict(
+            similarity_threshold=0.986,
+            static_cap_coarse=200, static_cap_fine=220,          # per view, per 256 patches
+            topk_coarse=(16, 12), topk_fine=(25, 19),            # per view (primary, wrist, ...), per 256 patches
+            layer0_topk_multiplier=3,
+            delta_slope=-16.0 / 18.0, delta_intercept=22.0 / 3.0, delta_offset=3, delta_max=6, delta_min=1,
+            delta_speed_scale=1.0, steps_per_inference=8,
+            use_global_history=True,
+            dynamic=True, dynamic_layers=(5, 10, 15, 20, 25), dynamic_keep_ratio=0.8, ema_alpha=0.2,
+            min_visual_tokens=16,
+            forced_static_visual=None,
+        )
+
+    @classmethod
+    def validate_options(cls, o):
+        def check(ok, name, why):
+            if not ok:
+                raise ValueError(f'specprune.{name}: {why}')
+        check(0.0 <= o['similarity_threshold'] <= 1.0, 'similarity_threshold', 'must be in [0, 1]')
+        for name in ('static_cap_coarse', 'static_cap_fine'):
+            check(0 <= o[name] <= OFT_PATCHES_PER_VIEW, name, f'must be in [0, {OFT_PATCHES_PER_VIEW}]')
+        for name in ('topk_coarse', 'topk_fine'):
+            check(len(o[name]) >= 1 and all(0 <= k <= OFT_PATCHES_PER_VIEW for k in o[name]), name,
+                  f'each must be in [0, {OFT_PATCHES_PER_VIEW}]')
+        check(o['layer0_topk_multiplier'] >= 1, 'layer0_topk_multiplier', 'must be >= 1')
+        check(1 <= o['delta_min'] <= o['delta_max'], 'delta_min', 'need 1 <= delta_min <= delta_max')
+        check(o['steps_per_inference'] >= 1, 'steps_per_inference', 'must be >= 1')
+        check(0.0 < o['dynamic_keep_ratio'] <= 1.0, 'dynamic_keep_ratio', 'must be in (0, 1]')
+        check(0.0 < o['ema_alpha'] <= 1.0, 'ema_alpha', 'must be in (0, 1]')
+        check(o['min_visual_tokens'] >= 1, 'min_visual_tokens', 'must be >= 1 (pruning everything is impossible)')
+        check(all(int(layer) >= 0 for layer in o['dynamic_layers']), 'dynamic_layers', 'must be >= 0')
+        check(o['forced_static_visual'] is None or o['forced_static_visual'] >= 1, 'forced_static_visual',
+              'must be None or >= 1')
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.reset()
+
+    def reset(self):
+        self.frame_history: deque[list[np.ndarray]] = deque(maxlen=self.options['delta_max'] + 1)
+        self.previous_important: set[int] = set()
+        self._static_candidates: torch.Tensor | None = None
+        self._importance: torch.Tensor | None = None      # EMA per original position
+        self._next_important: set[int] = set()
+        self._num_layers = OFT_LAYERS
+
+    # --- helpers -------------------------------------------------------------
+
+    def delta_steps(self, speed: float | None) -> int:
+        o = self.options
+        if speed is None or not math.isfinite(speed):
+            return o['delta_max']
+        v = speed * o['delta_speed_scale']
+        delta = int(o['delta_slope'] * v + o['delta_intercept']) + o['delta_offset']
+        return max(o['delta_min'], min(delta, o['delta_max']))
+
+    def _scaled(self, count: float, patches_per_view: int) -> int:
+        return int(round(count * patches_per_view / OFT_PATCHES_PER_VIEW))
+
+    def _topk_per_view(self, mode: str, num_views: int) -> list[int]:
+        ks = self.options['topk_fine' if mode == 'fine' else 'topk_coarse']
+        return [ks[min(i, len(ks) - 1)] for i in range(num_views)]
+
+    def static_candidates(self, step: InferenceStep, layout) -> torch.Tensor:
+        """Original positions of patches that did not change since the frame Δ back (capped per view)."""
+        frames = step.frames
+        history = list(self.frame_history)
+        self.frame_history.append(frames)
+        if not history:
+            return torch.empty(0, dtype=torch.long)
+        back = math.ceil(self.delta_steps(step.ee_speed) / self.options['steps_per_inference'])
+        reference = history[-min(back, len(history))]
+        cap_option = 'static_cap_fine' if step.mode == 'fine' else 'static_cap_coarse'
+        cap = self._scaled(self.options[cap_option], layout.patches_per_camera)
+        static = []
+        for camera, (now, before) in enumerate(zip(frames, reference)):
+            similarity = patch_cosine_similarity(now, before, int(math.isqrt(layout.patches_per_camera)))
+            order = np.argsort(-similarity, kind='stable')
+            chosen = [i for i in order[:cap] if similarity[i] > self.options['similarity_threshold']]
+            static.extend(layout.camera_range(camera)[i] for i in chosen)
+        return torch.tensor(sorted(static), dtype=torch.long)
+
+    def _attention_topk(self, attention: torch.Tensor, positions: torch.Tensor, layout, ks: list[int]
+                        ) -> set[int]:
+        chosen: set[int] = set()
+        visual = layout.is_visual(positions)
+        cameras = layout.camera_of(positions)
+        for camera, k in enumerate(ks):
+            index = torch.nonzero(visual & (cameras == camera))[:, 0]
+            if len(index) == 0 or k <= 0:
+                continue
+            top = attention[index].topk(min(k, len(index))).indices
+            chosen.update(positions[index[top]].tolist())
+        return chosen
+
+    def _update_importance(self, attention: torch.Tensor, positions: torch.Tensor, layout):
+        """EMA of each visual token's normalised attention rank (1 = most attended)."""
+        visual = torch.nonzero(layout.is_visual(positions))[:, 0]
+        if len(visual) == 0:
+            return
+        ranks = attention[visual].argsort().argsort().float() / max(len(visual) - 1, 1)
+        original = positions[visual]
+        if self._importance is None:
+            self._importance = torch.zeros(layout.seq_len)
+            self._importance[original] = ranks.cpu()
+        else:
+            alpha = self.options['ema_alpha']
+            self._importance[original] = (1 - alpha) * self._importance[original] + alpha * ranks.cpu()
+
+    def dynamic_layer_set(self, num_layers: int) -> set[int]:
+        if not self.options['dynamic']:
+            return set()
+        scaled = {round(int(layer) * num_layers / OFT_LAYERS) for layer in self.options['dynamic_layers']}
+        return {layer for layer in scaled if 2 <= layer < num_layers - 1}
+
+    # --- the interface -------------------------------------------------------
+
+    def attention_layers(self, num_layers):
+        self._num_layers = num_layers      # called once per forward, before layer 0
+        return {0, 1} | self.dynamic_layer_set(num_layers)
+
+    def before_llm(self, hidden, positions, layout, step):
+        self._importance = None
+        self._static_candidates = self.static_candidates(step, layout) if step is not None else torch.empty(0)
+        if step is not None:
+            step.report('input', len(positions))
+        return None
+
+    def after_layer(self, layer, hidden, positions, layout, step, attention):
+        if attention is None or step is None:
+            return None
+        attention = attention.float()
+        self._update_importance(attention, positions, layout)
+        if layer in (0, 1):
+            return self._static_stage(layer, attention, positions, layout, step)
+        if layer in self.dynamic_layer_set(self._num_layers):
+            return self._dynamic_stage(layer, positions, layout, step)
+        return None
+
+    def _static_stage(self, layer, attention, positions, layout, step):
+        ks = self._topk_per_view(step.mode, layout.num_cameras)
+        if layer == 0:
+            ks = [k * self.options['layer0_topk_multiplier'] for k in ks]
+        ks = [self._scaled(k, layout.patches_per_camera) for k in ks]
+        important = self._attention_topk(attention, positions, layout, ks)
+        if layer == 1:
+            self._next_important = important
+        keep_original = set(positions.tolist()) - set(self._static_candidates.tolist())
+        keep_original |= important
+        if self.options['use_global_history']:
+            keep_original |= self.previous_important
+        forced = self.options['forced_static_visual']
+        if forced is not None:
+            keep_original = self._forced_set(forced, attention, positions, layout, important)
+        if layer == 1:
+            self.previous_important = self._next_important
+        keep = torch.tensor([i for i, p in enumerate(positions.tolist()) if p in keep_original], dtype=torch.long)
+        keep = self._apply_floor(keep, positions, layout, attention)
+        step.report(f'static_layer{layer}', len(keep))
+        return PruneResult(keep=keep)
+
+    def _forced_set(self, count, attention, positions, layout, important) -> set[int]:
+        """Exactly ``count`` visual tokens: history, then attention rank, changed patches breaking ties."""
+        visual = torch.nonzero(layout.is_visual(positions))[:, 0]
+        static = set(self._static_candidates.tolist())
+        score = attention[visual].clone()
+        score += torch.tensor([0.0 if positions[i].item() in static else 1e-6 for i in visual])
+        for rank, i in enumerate(visual.tolist()):
+            if positions[i].item() in self.previous_important or positions[i].item() in important:
+                score[rank] += 1.0
+        top = visual[score.topk(min(count, len(visual))).indices]
+        non_visual = set(positions[~layout.is_visual(positions)].tolist())
+        return set(positions[top].tolist()) | non_visual
+
+    def _dynamic_stage(self, layer, positions, layout, step):
+        visual = torch.nonzero(layout.is_visual(positions))[:, 0]
+        target = max(self.options['min_visual_tokens'], math.ceil(len(visual) * self.options['dynamic_keep_ratio']))
+        if target >= len(visual):
+            step.report(f'dynamic_layer{layer}', len(positions))
+            return None
+        scores = self._importance[positions[visual].cpu()]
+        kept_visual = visual[scores.topk(target).indices.to(visual.device)]
+        keep = torch.cat([torch.nonzero(~layout.is_visual(positions))[:, 0], kept_visual]).sort().values
+        step.report(f'dynamic_layer{layer}', len(keep))
+        return PruneResult(keep=keep)
+
+    def _apply_floor(self, keep, positions, layout, attention):
+        """Never fewer than ``min_visual_tokens`` visual tokens: top up by attention."""
+        visual = layout.is_visual(positions)
+        kept_mask = torch.zeros(len(positions), dtype=torch.bool)
+        kept_mask[keep] = True
+        kept_mask |= ~visual
+        missing = self.options['min_visual_tokens'] - int((kept_mask & visual).sum())
+        if missing > 0:
+            candidates = torch.nonzero(visual & ~kept_mask)[:, 0]
+            extra = candidates[attention[candidates].topk(min(missing, len(candidates))).indices]
+            kept_mask[extra] = True
+        return torch.nonzero(kept_mask)[:, 0]
+
+
+def patch_cosine_similarity(now: np.ndarray, before: np.ndarray, grid: int) -> np.ndarray:
+    """Cosine similarity of raw-pixel patches on the encoder's grid, row-major, (grid*grid,)."""
+    size = now.shape[0]
+    patch = size // grid
+
+    def patches(frame):
+        cropped = frame[:grid * patch, :grid * patch].astype(np.float32)
+        return cropped.reshape(grid, patch, grid, patch, -1).transpose(0, 2, 1, 3, 4).reshape(grid * grid, -1)
+
+    a, b = patches(now), patches(before)
+    denominator = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dot = (a * b).sum(axis=1)
+    # Two black patches are identical: similarity 1.
+    return np.where(denominator > 0, dot / np.maximum(denominator, 1e-12), np.where(dot == 0, 1.0, 0.0))
