@@ -116,7 +116,7 @@ class VLAConfig:
     prompt_template: str = OFT_PROMPT
     bos_token_id: int = 1
     eos_token_id: int = 2                 # the trailing stop token '</s>'
-    readout_token_id: int = 29871         # Llama's '▁', appended after the prompt
+    readout_token_id: int = 3             # appended after the prompt; Llama's '▁' is 29871 (OFT)
     pad_token_id: int = 0
     causal: bool = False                  # OFT fine-tunes with full bidirectional attention
     center_crop: bool = True

@@ -123,3 +123,13 @@ def pad_prompts(batch_ids: list[list[int]], config: VLAConfig) -> tuple[torch.Te
 def load_dataset_statistics(path: Path) -> dict:
     with open(path) as handle:
         return json.load(handle)
+
+
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Training augmentation matching the center crop: a 90 %-area square at a random offset."""
+    if image.shape[:2] != (size, size):
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    scale = math.sqrt(CROP_AREA)
+    y1, x1 = rng.uniform(0.0, 1.0 - scale, size=2)
+    cropped = crop_and_resize(image.astype(np.float32) / 255.0, (y1, x1, y1 + scale, x1 + scale), size)
+    return (np.clip(cropped, 0.0, 1.0) * 255.5).astype(np.uint8)

@@ -1,0 +1,216 @@
+"""``vla-prune train``: fine-tune (or train from scratch) an OFT-family policy, optionally with
+LightVLA's differentiable token selection in the loop.
+
+Built on ``accelerate``: the same command runs on this CPU and on several GPUs
+(``accelerate launch -m vla_prune_ros.cli train ...``). L1 loss on normalised action chunks,
+optional LoRA on the LLM and ViT linear layers through ``peft`` (merged before saving),
+noise annealed linearly from 1 to 0 for LightVLA, checkpoints in the project's format.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data import action_chunk, dataset_statistics, load_episodes
+from .model.checkpoint import load_checkpoint, save_checkpoint
+from .model.configuration_vla import OFT_PROMPT, BackboneConfig, NormStats, VisionConfig, VLAConfig
+from .model.modeling_vla import VLAModel
+from .model.processing import (normalize_actions, normalize_proprio, pad_prompts, pixel_values, prepare_image,
+                               prompt_ids, random_crop)
+from .model.tokenizer import READOUT_ID, build_word_tokenizer, prompt_words
+from .pruning import create_method
+
+
+def sim_small_config(vocab_size: int, stats: dict, camera_names: list[str], action_names: list[str],
+                     image_size: int = 112) -> VLAConfig:
+    """The default policy's shape: one small SigLIP-style ViT, a 4-layer Llama, OFT's token layout."""
+    return VLAConfig(
+        camera_names=list(camera_names),
+        vision=VisionConfig(image_size=image_size, patch_size=14, backbones=[BackboneConfig(
+            type='siglip', hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256)]),
+        llm=dict(vocab_size=vocab_size, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-6),
+        proprio_dim=len(stats['proprio']['q01']), action_dim=len(action_names), chunk_len=8,
+        action_names=list(action_names), readout_token_id=READOUT_ID,
+        action_norm=NormStats(stats['action']['q01'], stats['action']['q99'], stats['action'].get('mask')),
+        proprio_norm=NormStats(stats['proprio']['q01'], stats['proprio']['q99'], stats['proprio'].get('mask')))
+
+
+class Batches:
+    """Random (observation, chunk) samples from demonstrations, with random-crop augmentation."""
+
+    def __init__(self, episodes, config: VLAConfig, tokenizer, seed: int, augment: bool = True):
+        self.config, self.augment = config, augment
+        self.rng = np.random.default_rng(seed)
+        size = config.vision.image_size
+        # Frames resized once to the model's resolution; cropping happens per sample.
+        self.frames = [[np.stack([prepare_image(f, size, center_crop=False) for f in e.frames[name]])
+                        for name in config.camera_names] for e in episodes]
+        self.proprio = [normalize_proprio(e.proprio, config).astype(np.float32) for e in episodes]
+        self.targets = [normalize_actions(e.actions, config).astype(np.float32) for e in episodes]
+        self.prompts = [prompt_ids(tokenizer, e.instruction, config) for e in episodes]
+        self.index = [(i, t) for i, e in enumerate(episodes) for t in range(len(e))]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def sample(self, batch_size: int, device) -> dict[str, torch.Tensor]:
+        config, size = self.config, self.config.vision.image_size
+        picks = self.rng.integers(0, len(self.index), size=batch_size)
+        pixels, proprio, targets, prompts = [], [], [], []
+        for pick in picks:
+            episode, t = self.index[pick]
+            frames = []
+            for camera_frames in self.frames[episode]:
+                frame = camera_frames[t]
+                frames.append(random_crop(frame, size, self.rng) if self.augment
+                              else prepare_image(frame, size, config.center_crop))
+            pixels.append(pixel_values(frames, config)[0])
+            proprio.append(self.proprio[episode][t])
+            targets.append(action_chunk(self.targets[episode], t, config.chunk_len))
+            prompts.append(self.prompts[episode])
+        ids, padding = pad_prompts(prompts, config)
+        return {'pixels': torch.stack(pixels).to(device), 'proprio': torch.tensor(np.stack(proprio)).to(device),
+                'ids': ids.to(device), 'padding': padding.to(device),
+                'targets': torch.tensor(np.stack(targets)).to(device)}
+
+
+def apply_lora(model: VLAModel, rank: int):
+    from peft import LoraConfig, inject_adapter_in_model
+    targets = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
+    config = LoraConfig(r=rank, lora_alpha=min(rank, 16), target_modules=targets, lora_dropout=0.0)
+    model.llm = inject_adapter_in_model(config, model.llm)
+    for name, parameter in model.named_parameters():
+        # LoRA adapters on the LLM; the projectors and the action head train fully, as OFT does.
+        parameter.requires_grad = ('lora_' in name or name.startswith(('projector', 'proprio_projector',
+                                                                         'action_head')))
+    return model
+
+
+def merge_lora(model: VLAModel) -> VLAModel:
+    """Fold LoRA deltas into the base weights so the saved checkpoint is a plain model."""
+    for module in model.llm.modules():
+        if hasattr(module, 'lora_A') and hasattr(module, 'base_layer'):
+            module.merge()
+    from peft.tuners.lora import LoraModel  # noqa: F401  (ensures peft is importable)
+    state = {k.replace('.base_layer', ''): v for k, v in model.state_dict().items() if 'lora_' not in k}
+    plain = VLAModel(model.config)
+    plain.load_state_dict(state)
+    return plain
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog='vla-prune train', description=__doc__)
+    parser.add_argument('--data', required=True, help='demonstration directory (see vla_prune_ros.data)')
+    parser.add_argument('--out', required=True, help='checkpoint directory to write')
+    parser.add_argument('--init', help='checkpoint to fine-tune; omit to train the sim-small preset from scratch')
+    parser.add_argument('--method', default='none', choices=['none', 'lightvla', 'lightvla_star'],
+                        help='token selection in the loop (LightVLA trains through it)')
+    parser.add_argument('--noise', default='uniform', choices=['uniform', 'gumbel'])
+    parser.add_argument('--steps', type=int, default=3000)
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--lr', type=float, default=5e-4)
+    parser.add_argument('--warmup', type=int, default=100)
+    parser.add_argument('--lora-rank', type=int, default=0, help='0 = full fine-tuning')
+    parser.add_argument('--image-size', type=int, default=112)
+    parser.add_argument('--max-episodes', type=int, default=None)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--cpu', action='store_true', help='force CPU even where CUDA exists')
+    parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0 = leave as is)')
+    return parser
+
+
+def train(args: argparse.Namespace) -> Path:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    accelerator = Accelerator(cpu=args.cpu)
+    set_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    meta, episodes = load_episodes(Path(args.data), limit=args.max_episodes)
+    if args.init:
+        model, tokenizer = load_checkpoint(args.init)
+        stats = json.loads((Path(args.init) / 'dataset_statistics.json').read_text() or '{}')
+    else:
+        stats = dataset_statistics(episodes)
+        tokenizer = build_word_tokenizer(prompt_words(OFT_PROMPT,
+                                                      sorted({e.instruction for e in episodes})))
+        config = sim_small_config(len(tokenizer), stats, meta['camera_names'], meta['action_names'],
+                                  args.image_size)
+        model = VLAModel(config)
+    model.train()
+    pruner = create_method(args.method, noise=args.noise) if args.method != 'none' else None
+    if pruner is not None:
+        pruner.train(True)
+    if args.lora_rank:
+        model = apply_lora(model, args.lora_rank)
+    batches = Batches(episodes, model.config, tokenizer, seed=args.seed + accelerator.process_index)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    extra = None
+    if pruner is not None and pruner.name == 'lightvla_star':
+        extra = pruner.ensure_queries(model.config.num_visual_tokens, model.hidden_size)
+        parameters += list(extra.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(args.warmup, 1)) *
+                                                 0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1.0))))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    core = accelerator.unwrap_model(model)
+    progress = tqdm(range(args.steps), desc='train', disable=not accelerator.is_main_process, dynamic_ncols=True)
+    started, losses, kept = time.time(), [], float('nan')
+    for step in progress:
+        if pruner is not None:
+            pruner.set_noise_scale(1.0 - step / max(args.steps - 1, 1))   # annealed 1 -> 0
+        batch = batches.sample(args.batch_size, accelerator.device)
+        predicted = model(batch['pixels'], batch['proprio'], batch['ids'], batch['padding'], pruner=pruner)
+        loss = torch.nn.functional.l1_loss(predicted, batch['targets'])
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if pruner is not None and step % 25 == 0:
+            kept = pruner_kept_fraction(core, pruner, batch)
+        progress.set_postfix(loss=f'{np.mean(losses[-50:]):.4f}', kept=f'{kept:.2f}')
+    accelerator.wait_for_everyone()
+    out = Path(args.out)
+    if accelerator.is_main_process:
+        final = merge_lora(core) if args.lora_rank else core
+        final.eval()
+        save_checkpoint(final, tokenizer, out, stats)
+        if extra is not None:
+            from safetensors.torch import save_file
+            save_file({k: v.detach().cpu().contiguous() for k, v in extra.state_dict().items()},
+                      str(out / f'pruner_{pruner.name}.safetensors'))
+        record = {'command': 'vla-prune train ' + ' '.join(sys.argv[2:]) if len(sys.argv) > 2 else '',
+                  'args': vars(args), 'final_loss': float(np.mean(losses[-100:])),
+                  'wall_time_s': round(time.time() - started, 1), 'episodes': len(episodes),
+                  'transitions': len(batches)}
+        (out / 'training_args.json').write_text(json.dumps(record, indent=2))
+    return out
+
+
+@torch.no_grad()
+def pruner_kept_fraction(model: VLAModel, pruner, batch) -> float:
+    """Fraction of patches LightVLA's inference rule would keep on this batch's embeddings."""
+    patches = model.encode_images(batch['pixels'])
+    proprio = batch['proprio'] if model.proprio_projector is not None else None
+    embeddings = model.embed_sequence(patches, proprio, batch['ids'])
+    layout = model.layout(batch['ids'].shape[1] - 1)
+    positions = torch.arange(embeddings.shape[1], device=embeddings.device)
+    return pruner.kept_fraction(embeddings, positions, layout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = train(args)
+    print(f'saved {out}')
+    return 0
