@@ -119,7 +119,7 @@ class VLAPolicy:
         normalized = self.model(pixels, proprio_tensor, ids, pruner=self.method, step=step, trace=trace)
         normalized = normalized[0].float().cpu().numpy().astype(np.float64)
         actions = unnormalize_actions(normalized, config)
-        timings = {'preprocess': preprocess, **trace.timings}
+        timings = {'preprocess': preprocess, **trace.timings, 'pruning': trace.pruning_time}
         timings['total'] = time.perf_counter() - start
         full_length = sequence_length(config, ids.shape[1])
         kept_positions = trace.kept_positions

@@ -107,8 +107,9 @@ class ViTFeatures(nn.Module):
                       num_attention_heads=backbone.num_attention_heads, image_size=image_size,
                       patch_size=patch_size, num_channels=3)
         if backbone.type == 'siglip':
+            # Exact GELU as timm's SigLIP that OFT runs (transformers defaults to the tanh approximation).
             config = SiglipVisionConfig(intermediate_size=backbone.intermediate_size, vision_use_head=False,
-                                        **common)
+                                        hidden_act='gelu', **common)
             config._attn_implementation = attn_implementation
             model = SiglipVisionModel(config)
             vision_model = getattr(model, 'vision_model', model)   # flattened in transformers 5
@@ -213,6 +214,7 @@ class ForwardTrace:
     stages: list[tuple[str, int]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     kept_positions: torch.Tensor | None = None    # original positions entering the last layer
+    pruning_time: float = 0.0                     # seconds spent in pruning code (decisions + gathers)
 
 
 class VLAModel(nn.Module):
@@ -335,9 +337,11 @@ class VLAModel(nn.Module):
         # RoPE positions skip padding, so a padded prompt gives the same result as an unpadded one.
         rope_base = positions[None].expand(batch, -1) if key_padding is None else (~key_padding).cumsum(-1) - 1
         hidden = embeddings
+        pruning_started = time.perf_counter()
         if pruner is not None:
             result = pruner.before_llm(hidden, positions, layout, step)
             hidden, positions, key_padding = self._apply_pruning(result, hidden, positions, key_padding, layout)
+        pruning_time = time.perf_counter() - pruning_started
         attention_layers = pruner.attention_layers(len(self.llm.layers)) if pruner is not None else ()
         for index, layer in enumerate(self.llm.layers):
             if trace is not None:
@@ -355,6 +359,7 @@ class VLAModel(nn.Module):
             for handle in handles:
                 handle.remove()
             if pruner is not None and index + 1 < len(self.llm.layers):
+                pruning_started = time.perf_counter()
                 attention = None
                 if captured:
                     rows = torch.nonzero((positions >= layout.prompt_start) & (positions <= layout.readout_index))
@@ -363,8 +368,10 @@ class VLAModel(nn.Module):
                 result = pruner.after_layer(index, hidden, positions, layout, step, attention)
                 hidden, positions, key_padding = self._apply_pruning(result, hidden, positions, key_padding,
                                                                      layout)
+                pruning_time += time.perf_counter() - pruning_started
         if trace is not None:
             trace.kept_positions = positions
+            trace.pruning_time = pruning_time
         hidden = self.llm.norm(hidden)
         # Non-visual tokens are never pruned, so the read-out positions are all still present.
         lookup = torch.full((layout.seq_len,), -1, dtype=torch.long, device=hidden.device)

@@ -1,0 +1,206 @@
+"""``vla-prune bench``: every method against the unpruned baseline, measured in the same run.
+
+All methods share one model and see the same realistic frame sequence (an expert episode
+of the simulated arm rendered at the model's resolution: consecutive frames of a moving
+scene). Calls are interleaved method by method on every frame, after warm-up; latency is
+the median over frames. Ratios are always against ``none`` from this same run.
+
+Besides each method's own behaviour, the papers' operating points are run with the kept
+token counts forced (``*@paper``): SpecPrune ≈ 285 tokens after static pruning then a
+further ≈ 19 % dynamic; LightVLA ≈ 78 visual tokens. Their FLOP and latency ratios can then
+be read against the papers' (1.46-1.57x; 59 % FLOPs cut, 1.62x).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .model.configuration_vla import (IMAGENET_MEAN, IMAGENET_STD, BackboneConfig, NormStats, VisionConfig,
+                                      VLAConfig)
+from .model.flops import forward_flops
+from .model.modeling_vla import VLAModel, count_parameters
+from .model.tokenizer import READOUT_ID, build_word_tokenizer, prompt_words
+from .policy import VLAPolicy
+
+INSTRUCTION = 'push the blue cube onto the green pad'
+
+
+def preset_config(name: str, attn_implementation: str = 'sdpa') -> VLAConfig:
+    """``oft-scaled``: OFT's token layout (2 cameras x 256 patches, ~600 LLM tokens), fused
+    DINOv2-reg + SigLIP, and a Llama with 7B's width-to-depth ratio (4096/32 = 1024/8) and
+    head size 128; ViTs sized so vision's share of FLOPs is close to OFT's. ``tiny``: for tests.
+    """
+    stats = dict(action_norm=NormStats([-1.0] * 7, [1.0] * 7, [True] * 6 + [False]),
+                 proprio_norm=NormStats([-1.0] * 8, [1.0] * 8))
+    if name == 'oft-scaled':
+        vit = dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=4, intermediate_size=1024)
+        vision = VisionConfig(image_size=224, patch_size=14, backbones=[
+            BackboneConfig(type='dinov2_reg', num_register_tokens=4, mean=IMAGENET_MEAN, std=IMAGENET_STD, **vit),
+            BackboneConfig(type='siglip', **vit)])
+        llm = dict(vocab_size=512, hidden_size=1024, intermediate_size=2752, num_hidden_layers=8,
+                   num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=2048, rms_norm_eps=1e-6)
+    elif name == 'tiny':
+        vision = VisionConfig(image_size=112, patch_size=14, backbones=[BackboneConfig(
+            type='siglip', hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)])
+        llm = dict(vocab_size=128, hidden_size=64, intermediate_size=172, num_hidden_layers=4,
+                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6)
+    else:
+        raise ValueError(f"unknown preset '{name}' (oft-scaled, tiny)")
+    return VLAConfig(vision=vision, llm=llm, readout_token_id=READOUT_ID, attn_implementation=attn_implementation,
+                     **stats)
+
+
+def frame_sequence(count: int, size: int, seed: int) -> tuple[list[list[np.ndarray]], list[float]]:
+    """Consecutive frames of the simulated expert pushing a cube, one per chunk (8 control steps)."""
+    from .sim.env import CAMERA_NAMES, TabletopEnv
+    from .sim.expert import ScriptedExpert
+    frames, speeds = [], []
+    with TabletopEnv(image_size=size, seed=seed) as env:
+        obs = env.reset(task='push', seed=seed)
+        expert = ScriptedExpert(env, seed=seed)
+        expert.reset(seed=seed)
+        while len(frames) < count:
+            frames.append([obs.images[name] for name in CAMERA_NAMES])
+            speeds.append(float(np.linalg.norm(obs.tcp_linear_velocity)))
+            for _ in range(8):
+                obs = env.step(expert.act(obs))
+    return frames, speeds
+
+
+def method_specs(methods: list[str], paper_points: bool, config: VLAConfig, prompt_tokens: int
+                 ) -> list[tuple[str, str, dict]]:
+    specs = [(name, name, {}) for name in methods]
+    if paper_points:
+        non_visual = 1 + int(config.proprio_dim > 0) + prompt_tokens + config.num_actions + 1
+        if 'specprune' in methods:
+            # SpecPrune: ~285 of ~600 tokens after static pruning, then a further ~19 % by dynamic pruning.
+            specs.append(('specprune@paper', 'specprune', {'forced_static_visual': max(1, 285 - non_visual)}))
+        if 'lightvla' in methods:
+            specs.append(('lightvla@paper', 'lightvla', {'forced_visual_keep': 78}))
+    return specs
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = preset_config(args.preset, args.attn)
+    tokenizer = build_word_tokenizer(prompt_words(config.prompt_template, [INSTRUCTION]))
+    config.llm['vocab_size'] = max(config.llm['vocab_size'], len(tokenizer))
+    model = VLAModel(config).eval()
+    frames, speeds = frame_sequence(args.frames + args.warmup, config.vision.image_size, args.seed)
+    base = VLAPolicy(model, tokenizer, 'none')
+    prompt_tokens = base._prompt(INSTRUCTION).shape[1]
+    specs = method_specs(args.methods.split(','), not args.no_paper_points, config, prompt_tokens)
+    policies = {label: VLAPolicy(model, tokenizer, method, options) for label, method, options in specs}
+    samples: dict[str, list] = {label: [] for label in policies}
+    for index, (images, speed) in enumerate(zip(frames, speeds)):
+        for label, policy in policies.items():      # interleaved: every method sees every frame in turn
+            mode = 'fine' if speed < 0.05 else 'coarse'
+            out = policy.infer(images, np.zeros(config.proprio_dim), INSTRUCTION, mode=mode, ee_speed=speed)
+            if index >= args.warmup:
+                samples[label].append(out.record)
+    results = summarise(samples, config)
+    results['meta'] = {
+        'command': 'vla-prune bench ' + ' '.join(args.argv), 'preset': args.preset, 'attn': args.attn,
+        'torch_threads': torch.get_num_threads(), 'frames': args.frames, 'warmup': args.warmup,
+        'parameters': count_parameters(model), 'sequence_length': samples['none'][0].tokens_total if 'none' in samples
+        else None, 'vision_flops_share': vision_share(config, samples),
+        'machine': f'{platform.machine()} {platform.processor() or ""}'.strip(), 'torch': torch.__version__,
+        'date': time.strftime('%Y-%m-%d')}
+    return results
+
+
+def vision_share(config: VLAConfig, samples) -> float:
+    layers = config.llm['num_hidden_layers']
+    full = samples.get('none')
+    tokens = full[0].tokens_total if full else 600
+    flops = forward_flops(config, [tokens] * layers)
+    return flops.vision / flops.total
+
+
+def summarise(samples: dict[str, list], config: VLAConfig) -> dict:
+    def median(values):
+        return float(statistics.median(values))
+
+    rows = {}
+    for label, records in samples.items():
+        stage_names = [name for name, _ in records[0].stages]
+        rows[label] = {
+            'method': records[0].method,
+            'latency_ms': 1000 * median([r.timings['total'] for r in records]),
+            'llm_ms': 1000 * median([r.timings['llm'] for r in records]),
+            'pruning_ms': 1000 * median([r.timings['pruning'] for r in records]),
+            'tokens_total': records[0].tokens_total,
+            'tokens_into_llm': median([r.tokens_kept for r in records]),
+            'visual_tokens_last_layer': median([r.visual_tokens_kept for r in records]),
+            'mean_tokens_per_layer': median([float(np.mean(r.layer_tokens)) for r in records]),
+            'layer_tokens': [median([r.layer_tokens[i] for r in records]) for i in range(len(records[0].layer_tokens))],
+            'stages': {name: median([dict(r.stages).get(name, 0) for r in records]) for name in stage_names},
+            'gflops': median([r.flops for r in records]) / 1e9,
+        }
+    base = rows.get('none')
+    for row in rows.values():
+        if base is None:
+            continue
+        row['latency_speedup'] = base['latency_ms'] / row['latency_ms']
+        row['flops_ratio'] = row['gflops'] / base['gflops']
+        row['flops_speedup'] = base['gflops'] / row['gflops']
+        row['efficiency'] = row['latency_speedup'] / row['flops_speedup']
+        row['pruning_share'] = row['pruning_ms'] / row['latency_ms']
+    return {'methods': rows}
+
+
+def table(results: dict) -> str:
+    header = (f"{'method':<17}{'latency ms':>11}{'speed-up':>9}{'tokens in':>10}{'vis@last':>9}{'avg/layer':>10}"
+              f"{'GFLOPs':>9}{'FLOPs':>7}{'FLOP-pred':>10}{'eff.':>6}{'prune ms':>9}{'prune %':>8}")
+    lines = [header, '-' * len(header)]
+    for label, row in results['methods'].items():
+        lines.append(f"{label:<17}{row['latency_ms']:>11.1f}{row.get('latency_speedup', 1):>8.2f}x"
+                     f"{row['tokens_into_llm']:>10.0f}{row['visual_tokens_last_layer']:>9.0f}"
+                     f"{row['mean_tokens_per_layer']:>10.1f}{row['gflops']:>9.2f}{row.get('flops_ratio', 1):>7.2f}"
+                     f"{row.get('flops_speedup', 1):>9.2f}x{row.get('efficiency', 1):>6.2f}{row['pruning_ms']:>9.2f}"
+                     f"{100 * row.get('pruning_share', 0):>7.2f}%")
+    return '\n'.join(lines)
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog='vla-prune bench', description=__doc__,
+                                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--preset', default='oft-scaled', choices=['oft-scaled', 'tiny'])
+    parser.add_argument('--methods', default='none,specprune,lightvla,lightvla_star')
+    parser.add_argument('--frames', type=int, default=8, help='measured frames per method')
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--attn', default='sdpa', choices=['sdpa', 'eager'])
+    parser.add_argument('--threads', type=int, default=0)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--no-paper-points', action='store_true', help='skip the forced paper operating points')
+    parser.add_argument('--json', help='write the results here')
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[2:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    if 'none' not in args.methods.split(','):
+        args.methods = 'none,' + args.methods
+    results = run(args)
+    print(table(results))
+    meta = results['meta']
+    print(f"\npreset {meta['preset']}: {meta['parameters'] / 1e6:.1f}M parameters, {meta['sequence_length']} tokens, "
+          f"vision {100 * meta['vision_flops_share']:.1f}% of FLOPs, {meta['torch_threads']} threads, "
+          f"median of {meta['frames']} frames after {meta['warmup']} warm-up")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f'wrote {args.json}')
+    return 0
