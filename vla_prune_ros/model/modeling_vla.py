@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import (Dinov2WithRegistersConfig, Dinov2WithRegistersModel, LlamaConfig, LlamaModel,
                           SiglipVisionConfig, SiglipVisionModel)
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+from transformers.models.llama.modeling_llama import rotate_half
 
 from .configuration_vla import BackboneConfig, VLAConfig
 
@@ -290,22 +290,23 @@ class VLAModel(nn.Module):
             blocked = blocked | key_padding[:, None, None, :]
         return torch.zeros(blocked.shape, dtype=dtype, device=device).masked_fill(blocked, torch.finfo(dtype).min)
 
-    def prompt_attention(self, layer: nn.Module, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
-                         query_rows: torch.Tensor) -> torch.Tensor:
+    def prompt_attention(self, layer: nn.Module, q: torch.Tensor, k: torch.Tensor,
+                         cos_sin: tuple[torch.Tensor, torch.Tensor], query_rows: torch.Tensor) -> torch.Tensor:
         """Attention from the prompt rows to every current token, averaged over heads and rows -> (L,).
 
-        Only the needed rows are computed, from the q/k the layer produced anyway.
+        Only the needed rows are computed, from the q/k the layer produced anyway and the RoPE
+        tables it used (batch 1).
         """
         attn = layer.self_attn
         head_dim = attn.head_dim
-        q = q[:, query_rows].view(1, len(query_rows), -1, head_dim).transpose(1, 2)
-        k = k.view(1, k.shape[1], -1, head_dim).transpose(1, 2)
-        cos, sin = self.llm.rotary_emb(q, position_ids=positions[None])
-        q, _ = apply_rotary_pos_emb(q, q, cos[:, query_rows], sin[:, query_rows])
-        _, k = apply_rotary_pos_emb(k, k, cos, sin)
-        k = repeat_kv(k, attn.num_key_value_groups)
-        scores = torch.matmul(q.float(), k.float().transpose(2, 3)) * attn.scaling
-        return scores.softmax(dim=-1).mean(dim=(0, 1, 2))
+        cos, sin = cos_sin[0][0], cos_sin[1][0]                       # (L, head_dim)
+        q = q[0, query_rows].view(len(query_rows), -1, head_dim).transpose(0, 1)   # (heads, rows, d)
+        k = k[0].view(k.shape[1], -1, head_dim).transpose(0, 1)                    # (kv_heads, L, d)
+        q = q * cos[query_rows] + rotate_half(q) * sin[query_rows]
+        k = k * cos + rotate_half(k) * sin
+        k = k.repeat_interleave(attn.num_key_value_groups, dim=0)
+        scores = torch.matmul(q, k.transpose(1, 2)).float() * attn.scaling
+        return scores.softmax(dim=-1).mean(dim=(0, 1))
 
     # --- the forward pass -----------------------------------------------------
 
@@ -363,8 +364,7 @@ class VLAModel(nn.Module):
                 attention = None
                 if captured:
                     rows = torch.nonzero((positions >= layout.prompt_start) & (positions <= layout.readout_index))
-                    attention = self.prompt_attention(layer, captured['q'], captured['k'], rope_positions[0],
-                                                      rows[:, 0])
+                    attention = self.prompt_attention(layer, captured['q'], captured['k'], cos_sin, rows[:, 0])
                 result = pruner.after_layer(index, hidden, positions, layout, step, attention)
                 hidden, positions, key_padding = self._apply_pruning(result, hidden, positions, key_padding,
                                                                      layout)

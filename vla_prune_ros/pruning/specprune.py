@@ -81,10 +81,9 @@ class SpecPrune(PruningMethod):
 
     def reset(self):
         self.frame_history: deque[list[np.ndarray]] = deque(maxlen=self.options['delta_max'] + 1)
-        self.previous_important: set[int] = set()
-        self._static_candidates: torch.Tensor | None = None
-        self._importance: torch.Tensor | None = None      # EMA per original position
-        self._next_important: set[int] = set()
+        self.previous_important = torch.empty(0, dtype=torch.long)   # original positions
+        self._static = torch.empty(0, dtype=torch.long)              # this inference's static candidates
+        self._importance: torch.Tensor | None = None                  # EMA per original position
         self._num_layers = OFT_LAYERS
 
     # --- helpers -------------------------------------------------------------
@@ -115,46 +114,53 @@ class SpecPrune(PruningMethod):
         reference = history[-min(back, len(history))]
         cap_option = 'static_cap_fine' if step.mode == 'fine' else 'static_cap_coarse'
         cap = self._scaled(self.options[cap_option], layout.patches_per_camera)
+        grid = int(math.isqrt(layout.patches_per_camera))
         static = []
         for camera, (now, before) in enumerate(zip(frames, reference)):
-            similarity = patch_cosine_similarity(now, before, int(math.isqrt(layout.patches_per_camera)))
-            order = np.argsort(-similarity, kind='stable')
-            chosen = [i for i in order[:cap] if similarity[i] > self.options['similarity_threshold']]
-            static.extend(layout.camera_range(camera)[i] for i in chosen)
-        return torch.tensor(sorted(static), dtype=torch.long)
+            similarity = patch_cosine_similarity(now, before, grid)
+            most_similar = np.argsort(-similarity, kind='stable')[:cap]
+            chosen = most_similar[similarity[most_similar] > self.options['similarity_threshold']]
+            static.append(chosen + layout.camera_range(camera).start)
+        return torch.from_numpy(np.sort(np.concatenate(static))).long()
 
     def _attention_topk(self, attention: torch.Tensor, positions: torch.Tensor, layout, ks: list[int]
-                        ) -> set[int]:
-        chosen: set[int] = set()
+                        ) -> torch.Tensor:
+        """Each view's top-k patches by prompt attention, as original positions."""
         visual = layout.is_visual(positions)
         cameras = layout.camera_of(positions)
+        chosen = []
         for camera, k in enumerate(ks):
             index = torch.nonzero(visual & (cameras == camera))[:, 0]
-            if len(index) == 0 or k <= 0:
-                continue
-            top = attention[index].topk(min(k, len(index))).indices
-            chosen.update(positions[index[top]].tolist())
-        return chosen
+            if len(index) and k > 0:
+                chosen.append(positions[index[attention[index].topk(min(k, len(index))).indices]])
+        return torch.cat(chosen) if chosen else torch.empty(0, dtype=torch.long, device=positions.device)
 
     def _update_importance(self, attention: torch.Tensor, positions: torch.Tensor, layout):
         """EMA of each visual token's normalised attention rank (1 = most attended)."""
         visual = torch.nonzero(layout.is_visual(positions))[:, 0]
         if len(visual) == 0:
             return
-        ranks = attention[visual].argsort().argsort().float() / max(len(visual) - 1, 1)
-        original = positions[visual]
+        ranks = (attention[visual].argsort().argsort().float() / max(len(visual) - 1, 1)).cpu()
+        original = positions[visual].cpu()
         if self._importance is None:
             self._importance = torch.zeros(layout.seq_len)
-            self._importance[original] = ranks.cpu()
+            self._importance[original] = ranks
         else:
             alpha = self.options['ema_alpha']
-            self._importance[original] = (1 - alpha) * self._importance[original] + alpha * ranks.cpu()
+            self._importance[original] = (1 - alpha) * self._importance[original] + alpha * ranks
 
     def dynamic_layer_set(self, num_layers: int) -> set[int]:
         if not self.options['dynamic']:
             return set()
         scaled = {round(int(layer) * num_layers / OFT_LAYERS) for layer in self.options['dynamic_layers']}
         return {layer for layer in scaled if 2 <= layer < num_layers - 1}
+
+    @staticmethod
+    def _member(positions: torch.Tensor, members: torch.Tensor, length: int) -> torch.Tensor:
+        """Boolean mask over ``positions``: which are in ``members`` (both original positions)."""
+        table = torch.zeros(length, dtype=torch.bool, device=positions.device)
+        table[members.to(positions.device)] = True
+        return table[positions]
 
     # --- the interface -------------------------------------------------------
 
@@ -164,7 +170,7 @@ class SpecPrune(PruningMethod):
 
     def before_llm(self, hidden, positions, layout, step):
         self._importance = None
-        self._static_candidates = self.static_candidates(step, layout) if step is not None else torch.empty(0)
+        self._static = self.static_candidates(step, layout) if step is not None else torch.empty(0, dtype=torch.long)
         if step is not None:
             step.report('input', len(positions))
         return None
@@ -186,59 +192,53 @@ class SpecPrune(PruningMethod):
             ks = [k * self.options['layer0_topk_multiplier'] for k in ks]
         ks = [self._scaled(k, layout.patches_per_camera) for k in ks]
         important = self._attention_topk(attention, positions, layout, ks)
-        if layer == 1:
-            self._next_important = important
-        keep_original = set(positions.tolist()) - set(self._static_candidates.tolist())
-        keep_original |= important
-        if self.options['use_global_history']:
-            keep_original |= self.previous_important
+        history = self.previous_important if self.options['use_global_history'] else important[:0]
+        length = layout.seq_len
+        visual = layout.is_visual(positions)
+        protected = self._member(positions, important, length) | self._member(positions, history, length)
         forced = self.options['forced_static_visual']
-        if forced is not None:
-            keep_original = self._forced_set(forced, attention, positions, layout, important)
+        if forced is None:
+            keep_mask = ~self._member(positions, self._static, length) | protected | ~visual
+        else:
+            keep_mask = self._forced_mask(forced, attention, positions, layout, protected)
         if layer == 1:
-            self.previous_important = self._next_important
-        keep = torch.tensor([i for i, p in enumerate(positions.tolist()) if p in keep_original], dtype=torch.long)
-        keep = self._apply_floor(keep, positions, layout, attention)
+            self.previous_important = important.cpu()     # global history for the next inference
+        keep = self._apply_floor(keep_mask, visual, attention)
         step.report(f'static_layer{layer}', len(keep))
         return PruneResult(keep=keep)
 
-    def _forced_set(self, count, attention, positions, layout, important) -> set[int]:
-        """Exactly ``count`` visual tokens: history, then attention rank, changed patches breaking ties."""
-        visual = torch.nonzero(layout.is_visual(positions))[:, 0]
-        static = set(self._static_candidates.tolist())
-        score = attention[visual].clone()
-        score += torch.tensor([0.0 if positions[i].item() in static else 1e-6 for i in visual])
-        for rank, i in enumerate(visual.tolist()):
-            if positions[i].item() in self.previous_important or positions[i].item() in important:
-                score[rank] += 1.0
-        top = visual[score.topk(min(count, len(visual))).indices]
-        non_visual = set(positions[~layout.is_visual(positions)].tolist())
-        return set(positions[top].tolist()) | non_visual
+    def _forced_mask(self, count, attention, positions, layout, protected) -> torch.Tensor:
+        """Exactly ``count`` visual tokens: history and top-k first, then attention, changed patches on ties."""
+        visual = layout.is_visual(positions)
+        changed = ~self._member(positions, self._static, layout.seq_len)
+        score = attention + protected.float() + 1e-6 * changed.float()
+        score[~visual] = -1.0
+        keep_mask = ~visual
+        keep_mask[score.topk(min(count, int(visual.sum()))).indices] = True
+        return keep_mask
 
     def _dynamic_stage(self, layer, positions, layout, step):
-        visual = torch.nonzero(layout.is_visual(positions))[:, 0]
-        target = max(self.options['min_visual_tokens'], math.ceil(len(visual) * self.options['dynamic_keep_ratio']))
-        if target >= len(visual):
+        visual = layout.is_visual(positions)
+        visual_index = torch.nonzero(visual)[:, 0]
+        target = max(self.options['min_visual_tokens'],
+                     math.ceil(len(visual_index) * self.options['dynamic_keep_ratio']))
+        if target >= len(visual_index):
             step.report(f'dynamic_layer{layer}', len(positions))
             return None
-        scores = self._importance[positions[visual].cpu()]
-        kept_visual = visual[scores.topk(target).indices.to(visual.device)]
-        keep = torch.cat([torch.nonzero(~layout.is_visual(positions))[:, 0], kept_visual]).sort().values
+        scores = self._importance[positions[visual_index].cpu()]
+        kept_visual = visual_index[scores.topk(target).indices.to(visual_index.device)]
+        keep = torch.cat([torch.nonzero(~visual)[:, 0], kept_visual]).sort().values
         step.report(f'dynamic_layer{layer}', len(keep))
         return PruneResult(keep=keep)
 
-    def _apply_floor(self, keep, positions, layout, attention):
+    def _apply_floor(self, keep_mask, visual, attention):
         """Never fewer than ``min_visual_tokens`` visual tokens: top up by attention."""
-        visual = layout.is_visual(positions)
-        kept_mask = torch.zeros(len(positions), dtype=torch.bool)
-        kept_mask[keep] = True
-        kept_mask |= ~visual
-        missing = self.options['min_visual_tokens'] - int((kept_mask & visual).sum())
+        missing = self.options['min_visual_tokens'] - int((keep_mask & visual).sum())
         if missing > 0:
-            candidates = torch.nonzero(visual & ~kept_mask)[:, 0]
-            extra = candidates[attention[candidates].topk(min(missing, len(candidates))).indices]
-            kept_mask[extra] = True
-        return torch.nonzero(kept_mask)[:, 0]
+            candidates = torch.nonzero(visual & ~keep_mask)[:, 0]
+            keep_mask = keep_mask.clone()
+            keep_mask[candidates[attention[candidates].topk(min(missing, len(candidates))).indices]] = True
+        return torch.nonzero(keep_mask)[:, 0]
 
 
 def patch_cosine_similarity(now: np.ndarray, before: np.ndarray, grid: int) -> np.ndarray:
