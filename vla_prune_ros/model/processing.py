@@ -70,8 +70,9 @@ def normalize_proprio(proprio: np.ndarray, config: VLAConfig) -> np.ndarray:
         return proprio
     q01, q99 = np.asarray(stats.q01), np.asarray(stats.q99)
     mask = np.ones_like(q01, dtype=bool) if stats.mask is None else np.asarray(stats.mask, dtype=bool)
-    normalized = np.clip(2.0 * (proprio - q01) / (q99 - q01 + 1e-8) - 1.0, -1.0, 1.0)
-    return np.where(mask, normalized, proprio)
+    normalized = 2.0 * (proprio - q01) / (q99 - q01 + 1e-8) - 1.0
+    # As OFT's inference: clip after choosing, so dims left unnormalised by the mask are clipped too.
+    return np.clip(np.where(mask, normalized, proprio), -1.0, 1.0)
 
 
 def unnormalize_actions(normalized: np.ndarray, config: VLAConfig) -> np.ndarray:

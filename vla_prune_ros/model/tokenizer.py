@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ['<pad>', '<s>', '</s>', '▁', '<unk>']
@@ -20,6 +20,7 @@ def build_word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     for word in sorted({w.lower() for w in words}):
         vocab.setdefault(word, len(vocab))
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token='<unk>'))
+    tokenizer.normalizer = normalizers.Lowercase()   # the vocabulary is lower case ('In:' -> 'in')
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                                        pre_tokenizers.Punctuation()])
     # Prepend BOS, never append EOS: as Llama's tokenizer is used at OFT inference.
