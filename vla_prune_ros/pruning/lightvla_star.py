@@ -4,6 +4,9 @@ One learnable vector per patch slot. ``query_mode='add'`` (default) puts them be
 parameter-free queries, ``Q = rmsnorm(Q_free + E)`` with E starting at zero, so training
 starts from plain LightVLA. ``query_mode='replace'`` uses ``Q = rmsnorm(E)`` alone. Either
 way there is one query per patch, so training keeps its fixed sequence length.
+
+The queries are sized by the model at the first forward, or by the saved tensor when a
+checkpoint's ``pruner_lightvla_star.safetensors`` is loaded first (as the policy does).
 """
 from __future__ import annotations
 
@@ -12,6 +15,27 @@ from torch import nn
 
 from .base import register
 from .lightvla import LightVLA, rms_normalize
+
+
+class LearnedQueries(nn.Module):
+    """Holds the (num_patches, dim) query matrix once its size is known."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_parameter('queries', None)
+
+    def materialize(self, num_patches: int, dim: int) -> None:
+        if self.queries is None:
+            self.queries = nn.Parameter(torch.zeros(num_patches, dim))   # zero: 'add' starts as LightVLA
+        elif tuple(self.queries.shape) != (num_patches, dim):
+            raise ValueError(f'lightvla_star: learned queries are {tuple(self.queries.shape)}, '
+                             f'the model needs {(num_patches, dim)}')
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = state_dict.get(prefix + 'queries')
+        if saved is not None:       # loading before any forward: take the saved size
+            self.materialize(*saved.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 @register
@@ -30,11 +54,10 @@ class LightVLAStar(LightVLA):
 
     def __init__(self, **options):
         super().__init__(**options)
-        self.learned = None          # built lazily: its size depends on the model
+        self.learned = LearnedQueries()
 
     def ensure_queries(self, num_patches: int, dim: int, device=None, dtype=None) -> nn.Module:
-        if self.learned is None:
-            self.learned = nn.ParameterDict({'queries': nn.Parameter(torch.zeros(num_patches, dim))})
+        self.learned.materialize(num_patches, dim)
         self.learned.to(device=device, dtype=dtype)
         return self.learned
 
@@ -42,7 +65,7 @@ class LightVLAStar(LightVLA):
         return self.learned
 
     def queries(self, patches, others):
-        learned = self.ensure_queries(patches.shape[1], patches.shape[2], patches.device, patches.dtype)['queries']
+        learned = self.ensure_queries(patches.shape[1], patches.shape[2], patches.device, patches.dtype).queries
         if self.options['query_mode'] == 'replace':
             return rms_normalize(learned).expand(patches.shape[0], -1, -1)
         scale = patches.shape[-1] ** -0.5

@@ -66,7 +66,8 @@ class SpecPrune(PruningMethod):
             check(len(o[name]) >= 1 and all(0 <= k <= OFT_PATCHES_PER_VIEW for k in o[name]), name,
                   f'each must be in [0, {OFT_PATCHES_PER_VIEW}]')
         check(o['layer0_topk_multiplier'] >= 1, 'layer0_topk_multiplier', 'must be >= 1')
-        check(1 <= o['delta_min'] <= o['delta_max'], 'delta_min', 'need 1 <= delta_min <= delta_max')
+        check(o['delta_min'] >= 1, 'delta_min', 'must be >= 1')
+        check(o['delta_max'] >= o['delta_min'], 'delta_max', 'must be >= delta_min')
         check(o['steps_per_inference'] >= 1, 'steps_per_inference', 'must be >= 1')
         check(0.0 < o['dynamic_keep_ratio'] <= 1.0, 'dynamic_keep_ratio', 'must be in (0, 1]')
         check(0.0 < o['ema_alpha'] <= 1.0, 'ema_alpha', 'must be in (0, 1]')
