@@ -129,6 +129,8 @@ def test_training_keeps_the_length_and_replaces_patches_by_hard_selection():
     patches = embeddings[0, is_patch]
     torch.testing.assert_close(result.hidden[0, is_patch], patches[chosen], atol=1e-6, rtol=0)   # one-hot rows
     assert torch.equal(result.hidden[0, ~is_patch], embeddings[0, ~is_patch])
+    # each row carries the position id of the patch it selected, as at inference
+    assert torch.equal(result.rope_positions[0, is_patch], torch.arange(layout.seq_len)[is_patch][chosen])
 
     trace = ForwardTrace()
     with torch.no_grad():
@@ -175,7 +177,7 @@ def basis_selection_draws(noise: str, scale: float, row: list[float], draws: int
     is_patch[1:n + 1] = True
     scores = torch.tensor(row).expand(draws, n, n).clone()
     torch.manual_seed(0)
-    selected = method._soft_select(hidden, scores, is_patch)[:, is_patch].reshape(-1, n)
+    selected = method._soft_select(hidden, scores, is_patch)[0][:, is_patch].reshape(-1, n)
     torch.testing.assert_close(selected, torch.eye(n)[selected.argmax(-1)], atol=1e-6, rtol=0)   # one-hot rows
     return np.bincount(selected.argmax(-1).numpy(), minlength=n) / len(selected)
 

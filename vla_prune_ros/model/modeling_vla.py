@@ -341,6 +341,8 @@ class VLAModel(nn.Module):
         pruning_started = time.perf_counter()
         if pruner is not None:
             result = pruner.before_llm(hidden, positions, layout, step)
+            if result is not None and result.rope_positions is not None:
+                rope_base = result.rope_positions
             hidden, positions, key_padding = self._apply_pruning(result, hidden, positions, key_padding, layout)
         pruning_time = time.perf_counter() - pruning_started
         attention_layers = pruner.attention_layers(len(self.llm.layers)) if pruner is not None else ()

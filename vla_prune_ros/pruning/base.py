@@ -20,6 +20,7 @@ import torch
 class PruneResult:
     keep: torch.Tensor | None = None      # indices into the *current* sequence to keep
     hidden: torch.Tensor | None = None    # replacement hidden states, same length (training-time soft selection)
+    rope_positions: torch.Tensor | None = None   # (B, L) RoPE positions to use with ``hidden`` (before layer 0 only)
 
 
 @dataclass

@@ -73,7 +73,11 @@ class LightVLA(PruningMethod):
     def before_llm(self, hidden, positions, layout, step):
         scores, visual = self.scores(hidden, positions, layout)
         if self.training:
-            return PruneResult(hidden=self._soft_select(hidden, scores, visual))
+            new_hidden, chosen = self._soft_select(hidden, scores, visual)
+            # Each row carries the selected patch's position id, as at inference (and in LightVLA's code).
+            rope = positions.expand(hidden.shape[0], -1).clone()
+            rope[:, visual] = positions[visual][chosen]
+            return PruneResult(hidden=new_hidden, rope_positions=rope)
         visual_index = torch.nonzero(visual)[:, 0]
         forced = self.options['forced_visual_keep']
         if forced is not None:
@@ -99,12 +103,13 @@ class LightVLA(PruningMethod):
             else:
                 scores = scores + scale * torch.rand_like(scores)
         soft = scores.softmax(dim=-1)
-        hard = torch.nn.functional.one_hot(soft.argmax(dim=-1), soft.shape[-1]).to(soft.dtype)
+        chosen = soft.argmax(dim=-1)
+        hard = torch.nn.functional.one_hot(chosen, soft.shape[-1]).to(soft.dtype)
         selection = hard + soft - soft.detach()          # straight-through
         patches = hidden[:, visual]
         hidden = hidden.clone()
         hidden[:, visual] = selection @ patches
-        return hidden
+        return hidden, chosen
 
     def kept_fraction(self, hidden, positions, layout) -> float:
         """Fraction of patches the inference rule would keep (reported during training)."""
