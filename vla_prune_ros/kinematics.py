@@ -1,27 +1,37 @@
-"""Measured end-effector velocity from joint states and a URDF, with pinocchio.
+"""Measured end-effector velocity from joint states, with pinocchio and the robot's URDF.
 
-``J(q) · q̇`` at the end-effector frame, expressed in the world (root) frame
-(``LOCAL_WORLD_ALIGNED``): linear velocity of the frame origin in m/s and angular velocity in
-rad/s. When the joint state carries no velocities, finite differences of forward kinematics
-between successive samples stand in. Joints are matched by name, never by order.
+The coarse/fine controller needs the *measured* speed of the end effector. A robot reports joint
+states (``sensor_msgs/JointState``: names, positions, maybe velocities); this module turns them
+into the world-frame twist of one URDF frame (LOCAL_WORLD_ALIGNED: the frame's origin velocity
+and angular velocity, expressed in the base/world axes):
+
+* with joint velocities:   v = J(q) @ qdot   (pinocchio frame Jacobian), ``source='jacobian'``;
+* without (empty list):    finite difference of the frame pose between this update and the
+                           previous one with valid positions, using the stamps,
+                           ``source='finite_difference'``.
+
+Joints are matched by name, never by order. Names the URDF does not know are ignored (and listed
+in ``reason``); a missing needed joint, NaN/Inf or inconsistent lengths make the estimate invalid.
+Joints of the URDF that are not in ``joint_names`` are locked at their neutral position.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
-from pathlib import Path
+import pathlib
 
 import numpy as np
 import pinocchio as pin
 
 
-@dataclass
+@dataclasses.dataclass
 class VelocityEstimate:
-    linear: np.ndarray          # (3,) m/s, world frame
-    angular: np.ndarray         # (3,) rad/s, world frame
+    linear: np.ndarray      # (3,) m/s, world axes at the end-effector frame origin
+    angular: np.ndarray     # (3,) rad/s, world axes
     valid: bool
-    reason: str = ''            # '' when valid and nothing was odd
-    source: str = 'jacobian'    # 'jacobian' or 'finite_difference'
+    reason: str = ''        # '' when valid and clean; why invalid; or a warning when valid
+    source: str = 'jacobian'
+    stamp: float = math.nan
 
     @property
     def linear_speed(self) -> float:
@@ -31,99 +41,160 @@ class VelocityEstimate:
     def angular_speed(self) -> float:
         return float(np.linalg.norm(self.angular)) if self.valid else math.nan
 
-
-def _invalid(reason: str) -> VelocityEstimate:
-    return VelocityEstimate(np.full(3, np.nan), np.full(3, np.nan), False, reason, 'none')
+    @classmethod
+    def invalid(cls, reason: str, source: str, stamp: float = math.nan) -> 'VelocityEstimate':
+        return cls(np.full(3, np.nan), np.full(3, np.nan), False, reason, source, stamp)
 
 
 class EndEffectorVelocity:
-    def __init__(self, urdf_xml: str, ee_frame: str, joint_names: list[str] | None = None, smoothing: float = 0.0):
-        try:
-            self.model = pin.buildModelFromXML(urdf_xml)
-        except Exception as error:  # pinocchio raises plain RuntimeErrors
-            raise ValueError(f'cannot parse the URDF ({error})') from None
-        if not self.model.existFrame(ee_frame):
-            raise ValueError(f"ee_frame '{ee_frame}' is not a frame of the URDF")
+    """Stateful estimator: call ``update`` with every joint-state message."""
+
+    def __init__(self, urdf_xml: str, ee_frame: str, joint_names: list[str] | None = None,
+                 smoothing: float = 0.0):
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f'smoothing must be in [0, 1), got {smoothing}')
+        try:
+            full_model = pin.buildModelFromXML(urdf_xml)
+        except Exception as error:  # pinocchio raises ValueError/RuntimeError depending on the fault
+            raise ValueError(f'could not build a robot model from the URDF: {error}') from error
+        if not full_model.existFrame(ee_frame):
+            frames = sorted({frame.name for frame in full_model.frames} - {'universe'})
+            raise ValueError(f'end-effector frame {ee_frame!r} is not a frame of the URDF; '
+                             f'known frames: {", ".join(frames)}')
+
+        movable = [full_model.names[i] for i in range(1, full_model.njoints)
+                   if full_model.joints[i].nv > 0]
+        frame_joint = full_model.frames[full_model.getFrameId(ee_frame)].parentJoint
+        self.chain_joint_names = [full_model.names[i] for i in full_model.supports[frame_joint]
+                                  if i > 0]   # the joints that move the end effector
+        self.urdf_joint_names = movable
+        if joint_names is None:
+            joint_names = movable
+        joint_names = list(joint_names)
+        not_in_urdf = [name for name in joint_names if name not in movable]
+        if not_in_urdf:
+            raise ValueError(f'joints {not_in_urdf} not in the URDF (as movable joints); '
+                             f'movable joints: {movable}')
+        locked = [full_model.getJointId(name) for name in movable if name not in joint_names]
+        self.model = (pin.buildReducedModel(full_model, locked, pin.neutral(full_model))
+                      if locked else full_model)
         self.data = self.model.createData()
-        self.frame = self.model.getFrameId(ee_frame)
+        self.ee_frame = ee_frame
+        self.frame_id = self.model.getFrameId(ee_frame)
+        self.joint_names = joint_names
         self.smoothing = float(smoothing)
-        movable = [name for name in self.model.names[1:]]
-        self.joint_names = list(joint_names) if joint_names else movable
-        unknown = [n for n in self.joint_names if n not in movable]
-        if unknown:
-            raise ValueError(f'joints not in the URDF: {unknown}')
-        self._joints = [self.model.joints[self.model.getJointId(n)] for n in self.joint_names]
-        for name, joint in zip(self.joint_names, self._joints):
+
+        self._q_index, self._q_size, self._v_index = [], [], []
+        for name in joint_names:
+            joint = self.model.joints[self.model.getJointId(name)]
             if joint.nv != 1:
-                raise ValueError(f"joint '{name}' has {joint.nv} degrees of freedom; only 1-DoF joints are supported")
+                raise ValueError(f'joint {name!r} has {joint.nv} DoF; only 1-DoF joints '
+                                 '(revolute, continuous, prismatic) can come from joint states')
+            self._q_index.append(joint.idx_q)
+            self._q_size.append(joint.nq)   # 2 for continuous joints: (cos, sin)
+            self._v_index.append(joint.idx_v)
+        self._known_names = set(movable)
+        self._neutral = pin.neutral(self.model)
         self.reset()
 
-    @classmethod
-    def from_file(cls, path: str | Path, ee_frame: str, joint_names: list[str] | None = None,
+    @staticmethod
+    def from_file(path, ee_frame: str, joint_names: list[str] | None = None,
                   smoothing: float = 0.0) -> 'EndEffectorVelocity':
-        return cls(Path(path).read_text(), ee_frame, joint_names, smoothing)
+        return EndEffectorVelocity(pathlib.Path(path).read_text(), ee_frame, joint_names, smoothing)
 
-    def reset(self) -> None:
-        self._previous: tuple[float, pin.SE3] | None = None
+    def reset(self):
+        """Forget the previous sample (finite differences) and the smoothing state."""
+        self._previous_pose: pin.SE3 | None = None
+        self._previous_stamp = math.nan
         self._smoothed: tuple[np.ndarray, np.ndarray] | None = None
+        self.last_pose: pin.SE3 | None = None
 
-    def _configuration(self, positions: dict[str, float]) -> np.ndarray:
-        q = pin.neutral(self.model)
-        for name, joint in zip(self.joint_names, self._joints):
-            if joint.nq == 1:
-                q[joint.idx_q] = positions[name]
-            else:   # continuous joint stored as (cos, sin)
-                q[joint.idx_q:joint.idx_q + 2] = (math.cos(positions[name]), math.sin(positions[name]))
+    # ------------------------------------------------------------------ kinematics
+    def configuration(self, positions_by_joint: np.ndarray) -> np.ndarray:
+        """Pinocchio configuration vector from joint positions in ``joint_names`` order."""
+        q = self._neutral.copy()
+        for value, index, size in zip(positions_by_joint, self._q_index, self._q_size):
+            if size == 1:
+                q[index] = value
+            else:
+                q[index:index + 2] = (math.cos(value), math.sin(value))
         return q
 
+    def forward_kinematics(self, positions_by_joint) -> pin.SE3:
+        """World pose of the end-effector frame for positions in ``joint_names`` order."""
+        pin.framesForwardKinematics(self.model, self.data, self.configuration(positions_by_joint))
+        return pin.SE3(self.data.oMf[self.frame_id])
+
+    def jacobian(self, positions_by_joint) -> np.ndarray:
+        """6 x len(joint_names) Jacobian [linear; angular], LOCAL_WORLD_ALIGNED."""
+        jacobian = pin.computeFrameJacobian(self.model, self.data,
+                                            self.configuration(positions_by_joint), self.frame_id,
+                                            pin.ReferenceFrame.LOCAL_WORLD_ALIGNED)
+        # eigenpy hands a 6 x 1 matrix back as a vector: restore the column axis.
+        return np.asarray(jacobian).reshape(6, self.model.nv)[:, self._v_index]
+
+    # ------------------------------------------------------------------ estimation
     def update(self, names, positions, velocities, stamp: float) -> VelocityEstimate:
         names = list(names)
-        positions = np.asarray(positions, dtype=np.float64)
-        velocities = np.asarray(velocities if velocities is not None else [], dtype=np.float64)
-        if len(positions) != len(names):
-            self.reset()
-            return _invalid(f'{len(names)} joint names but {len(positions)} positions')
-        by_name = dict(zip(names, range(len(names))))
-        missing = [n for n in self.joint_names if n not in by_name]
+        positions = np.asarray(positions if positions is not None else [], dtype=np.float64).reshape(-1)
+        velocities = np.asarray(velocities if velocities is not None else [], dtype=np.float64).reshape(-1)
+        use_jacobian = velocities.size > 0
+        source = 'jacobian' if use_jacobian else 'finite_difference'
+        stamp = float(stamp)
+
+        def invalid(reason: str) -> VelocityEstimate:
+            self._smoothed = None
+            return VelocityEstimate.invalid(reason, source, stamp)
+
+        if positions.size != len(names):
+            return invalid(f'{positions.size} joint positions for {len(names)} joint names')
+        if use_jacobian and velocities.size != len(names):
+            return invalid(f'{velocities.size} joint velocities for {len(names)} joint names')
+        index = {name: i for i, name in enumerate(names)}
+        missing = [name for name in self.joint_names if name not in index]
         if missing:
-            self.reset()
-            return _invalid(f"joint '{missing[0]}' missing" + (f' (and {len(missing) - 1} more)' if len(missing) > 1
-                                                                else ''))
-        unknown = sorted(set(names) - set(self.joint_names) - set(self.model.names))
-        note = f'unknown joints ignored: {unknown}' if unknown else ''
-        index = [by_name[n] for n in self.joint_names]
-        q_values = positions[index]
+            return invalid(', '.join(f'joint {name!r} missing' for name in missing))
+        selected = [index[name] for name in self.joint_names]
+        q_values = positions[selected]
         if not np.all(np.isfinite(q_values)):
-            self.reset()
-            return _invalid('NaN or Inf in joint positions')
-        q = self._configuration(dict(zip(self.joint_names, q_values)))
-        use_jacobian = len(velocities) == len(names)
+            bad = [n for n, v in zip(self.joint_names, q_values) if not np.isfinite(v)]
+            return invalid(f'NaN in joint positions ({", ".join(bad)})')
         if use_jacobian:
-            qdot_values = velocities[index]
-            if not np.all(np.isfinite(qdot_values)):
-                self.reset()
-                return _invalid('NaN or Inf in joint velocities')
-            v = np.zeros(self.model.nv)
-            for joint, value in zip(self._joints, qdot_values):
-                v[joint.idx_v] = value
-            jacobian = pin.computeFrameJacobian(self.model, self.data, q, self.frame, pin.LOCAL_WORLD_ALIGNED)
-            twist = jacobian @ v
-            linear, angular, source = twist[:3], twist[3:], 'jacobian'
+            qdot = velocities[selected]
+            if not np.all(np.isfinite(qdot)):
+                bad = [n for n, v in zip(self.joint_names, qdot) if not np.isfinite(v)]
+                return invalid(f'NaN in joint velocities ({", ".join(bad)})')
+        if not math.isfinite(stamp):
+            return invalid('stamp is not finite')
+        unknown = [name for name in names if name not in self._known_names]
+        note = f'unknown joints ignored: {", ".join(unknown)}' if unknown else ''
+
+        pose = self.forward_kinematics(q_values)
+        previous_pose, previous_stamp = self._previous_pose, self._previous_stamp
+        if use_jacobian:
+            twist = self.jacobian(q_values) @ qdot
+            linear, angular = twist[:3], twist[3:]
         else:
-            pin.framesForwardKinematics(self.model, self.data, q)
-            pose = self.data.oMf[self.frame].copy()
-            previous, self._previous = self._previous, (stamp, pose)
-            if previous is None or stamp <= previous[0]:
-                return _invalid('waiting for a second sample (no joint velocities: finite differences)')
-            dt = stamp - previous[0]
-            linear = (pose.translation - previous[1].translation) / dt
-            angular = pin.log3(pose.rotation @ previous[1].rotation.T) / dt   # world-frame rotation rate
-            source = 'finite_difference'
-        if self.smoothing and self._smoothed is not None:
+            if previous_pose is None:
+                self._remember(pose, stamp)
+                return invalid('waiting for a second sample')
+            dt = stamp - previous_stamp
+            if dt <= 0.0:
+                if dt < 0.0:   # time went backwards (e.g. a simulator reset): start over
+                    self._remember(pose, stamp)
+                return invalid(f'stamp did not increase (dt = {dt:.6f} s)')
+            linear = (pose.translation - previous_pose.translation) / dt
+            angular = pin.log3(pose.rotation @ previous_pose.rotation.T) / dt
+        self._remember(pose, stamp)
+
+        linear, angular = np.array(linear, dtype=np.float64), np.array(angular, dtype=np.float64)
+        if self.smoothing > 0.0 and self._smoothed is not None:
             a = self.smoothing
-            linear = a * self._smoothed[0] + (1 - a) * linear
-            angular = a * self._smoothed[1] + (1 - a) * angular
-        self._smoothed = (np.array(linear), np.array(angular))
-        return VelocityEstimate(np.array(linear), np.array(angular), True, note, source)
+            linear = a * self._smoothed[0] + (1.0 - a) * linear
+            angular = a * self._smoothed[1] + (1.0 - a) * angular
+        self._smoothed = (linear, angular)
+        return VelocityEstimate(linear.copy(), angular.copy(), True, note, source, stamp)
+
+    def _remember(self, pose: pin.SE3, stamp: float):
+        self._previous_pose, self._previous_stamp = pose, stamp
+        self.last_pose = pose

@@ -1,0 +1,681 @@
+"""A MuJoCo tabletop suite for the 6-DoF arm in ``assets/arm.urdf``.
+
+The robot is loaded from the URDF with ``mujoco.MjSpec`` (so the kinematic chain is the URDF's,
+the one pinocchio uses in ``vla_prune_ros.kinematics``); the table, cubes, pads, lights, cameras
+and actuators are added programmatically.
+
+Tasks (language instruction + distractors):
+  touch: "touch the {colour} cube". Success: the TCP is within ``TOUCH_DISTANCE`` of the cube
+         surface (or a gripper geom contacts the cube) and moves slower than ``TOUCH_MAX_SPEED``,
+         the cube was not knocked more than ``TOUCH_MAX_DISPLACEMENT``, and the gripper never
+         struck it: contact while the TCP moves faster than ``TOUCH_HIT_SPEED`` (checked every
+         physics substep) fails the episode. So an imprecise fast approach fails; only a slow
+         (or perfectly precise) final approach succeeds.
+  push:  "push the {colour} cube onto the {colour} pad". Success: the cube centre lies on the pad
+         (inside its square), the cube is on the table and has (nearly) stopped, slower than
+         ``PUSH_MAX_CUBE_SPEED``; pushing it across the pad at speed does not count.
+Success is latched: once reached in an episode, ``Observation.success`` stays True.
+
+Action (as OpenVLA-OFT on LIBERO): 7-D ``[dx, dy, dz, droll, dpitch, dyaw, gripper]`` per control
+step; the TCP displacement in metres and a small world-frame rotation vector in radians, applied
+to the *measured* TCP pose, plus gripper in [-1 (open), +1 (close)]. Each step solves damped
+least-squares IK (``mj_jacSite`` on the TCP site) for the joint goal and ramps position-actuator
+targets to it over the control period (with a velocity feed-forward so the ramp is tracked
+without lag), running ``control_dt / physics_dt`` physics substeps.
+"""
+from __future__ import annotations
+
+import os
+
+# Headless rendering: must be set before mujoco is imported anywhere in the process.
+os.environ.setdefault('MUJOCO_GL', 'egl')
+os.environ.setdefault('PYOPENGL_PLATFORM', 'egl')
+
+import dataclasses  # noqa: E402
+import pathlib  # noqa: E402
+import xml.etree.ElementTree as ET  # noqa: E402
+
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+ASSETS_DIR = pathlib.Path(__file__).resolve().parents[1] / 'assets'
+URDF_PATH = ASSETS_DIR / 'arm.urdf'
+
+TASK_KINDS = ('touch', 'push')
+ACTION_NAMES = ('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper')
+CAMERA_NAMES = ('primary', 'wrist')
+
+ARM_JOINT_NAMES = tuple(f'joint{i}' for i in range(1, 7))
+FINGER_JOINT_NAMES = ('finger_left_joint', 'finger_right_joint')
+TCP_FRAME = 'tool0'
+TCP_SITE = 'tcp'
+
+# Per-step action bounds (control step, not per second).
+MAX_TRANSLATION_STEP = 0.03   # m
+MAX_ROTATION_STEP = 0.15      # rad
+ACTION_LOW = np.array([-MAX_TRANSLATION_STEP] * 3 + [-MAX_ROTATION_STEP] * 3 + [-1.0])
+ACTION_HIGH = -ACTION_LOW
+
+FINGER_OPEN = 0.04            # finger joint position when fully open (0 = closed)
+
+COLOURS = {
+    'red': (0.85, 0.12, 0.10, 1.0),
+    'green': (0.15, 0.62, 0.20, 1.0),
+    'blue': (0.12, 0.28, 0.85, 1.0),
+    'yellow': (0.95, 0.80, 0.08, 1.0),
+}
+COLOUR_NAMES = tuple(COLOURS)
+NUM_CUBES = 3
+NUM_PADS = 2
+CUBE_HALF = 0.02              # 4 cm cubes
+CUBE_MASS = 0.1
+PAD_HALF = 0.03               # 6 cm square pads
+PAD_THICKNESS = 0.001
+TABLE_HALF = (0.45, 0.45, 0.02)
+TABLE_CENTRE_X = 0.35
+
+# Episode length in seconds per task; ``max_steps`` is this over ``control_dt``.
+TASK_SECONDS = {'touch': 6.0, 'push': 12.0}
+
+TOUCH_DISTANCE = 0.015        # TCP to cube surface
+TOUCH_MAX_SPEED = 0.05        # m/s, a touch must be gentle
+TOUCH_MAX_DISPLACEMENT = 0.02  # the touched cube must not be knocked away
+TOUCH_HIT_SPEED = 0.1         # m/s, gripper contact with the cube faster than this is a hit
+PUSH_MAX_CUBE_SPEED = 0.04    # m/s, the pushed cube must have stopped on the pad
+
+# Where objects are sampled (robot base at the origin, table top at z = 0).
+OBJECT_X_RANGE = (0.30, 0.54)
+OBJECT_Y_RANGE = (-0.20, 0.20)
+REACH_RADIUS = (0.25, 0.58)   # horizontal TCP distance from the base axis that IK handles well
+PUSH_DISTANCE_RANGE = (0.12, 0.25)
+PUSH_STANDOFF = 0.07          # the expert starts a push this far behind the cube centre
+
+HOME_TCP_POSITION = np.array([0.35, 0.0, 0.15])
+# Tool pointing down, fingers opening along world y: a half turn about y.
+HOME_TCP_ROTATION = np.diag([-1.0, 1.0, -1.0])
+HOME_JOINT_GUESS = np.array([0.0, 0.3, 1.6, 0.0, 1.24, 0.0])
+
+# Position servo stiffness per arm joint (N m / rad); damping is set for critical damping at home.
+ARM_KP = np.array([1500.0, 2500.0, 1500.0, 300.0, 300.0, 150.0])
+ARM_ARMATURE = np.array([0.05, 0.05, 0.05, 0.02, 0.02, 0.02])
+FINGER_KP = 200.0
+
+# Collision groups: robot geoms do not collide with each other, everything else does.
+ROBOT_CONTYPE, ROBOT_CONAFFINITY = 2, 1
+WORLD_CONTYPE, WORLD_CONAFFINITY = 1, 3
+
+
+@dataclasses.dataclass
+class Observation:
+    images: dict[str, np.ndarray]       # camera name -> H x W x 3 uint8 RGB
+    joint_names: list[str]
+    joint_positions: np.ndarray          # float64, URDF joints (arm then fingers)
+    joint_velocities: np.ndarray
+    proprio: np.ndarray                  # 8: TCP xyz (m), TCP axis-angle (3), finger positions (2)
+    instruction: str
+    success: bool
+    time: float                          # simulated seconds since reset
+    tcp_linear_velocity: np.ndarray      # world frame, m/s, from MuJoCo
+    tcp_angular_velocity: np.ndarray     # world frame, rad/s, from MuJoCo
+    step: int = 0
+
+
+@dataclasses.dataclass
+class TaskSpec:
+    kind: str
+    instruction: str
+    target_cube: str                     # colour of the cube to touch / push
+    target_pad: str | None               # colour of the goal pad (push only)
+    cube_colours: tuple[str, ...]
+    cube_positions: np.ndarray           # (NUM_CUBES, 2) xy
+    cube_yaws: np.ndarray                # (NUM_CUBES,)
+    pad_colours: tuple[str, ...]
+    pad_positions: np.ndarray            # (NUM_PADS, 2) xy
+
+
+# ----------------------------------------------------------------------------- rotations
+
+def rotation_matrix_from_vector(rotvec) -> np.ndarray:
+    """Rodrigues: rotation vector (axis * angle) -> 3x3 matrix."""
+    rotvec = np.asarray(rotvec, dtype=np.float64)
+    angle = float(np.linalg.norm(rotvec))
+    if angle < 1e-12:
+        return np.eye(3)
+    k = rotvec / angle
+    kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return np.eye(3) + np.sin(angle) * kx + (1.0 - np.cos(angle)) * kx @ kx
+
+
+def quaternion_from_matrix(rotation) -> np.ndarray:
+    quat = np.empty(4)
+    mujoco.mju_mat2Quat(quat, np.ascontiguousarray(rotation, dtype=np.float64).reshape(9))
+    return quat
+
+
+def rotation_vector_from_quaternion(quat) -> np.ndarray:
+    """(w, x, y, z) -> axis * angle, angle = 2 atan2(|xyz|, w); keeps the sign of the quaternion."""
+    quat = np.asarray(quat, dtype=np.float64)
+    sin_half = float(np.linalg.norm(quat[1:]))
+    if sin_half < 1e-12:
+        return np.zeros(3)
+    angle = 2.0 * np.arctan2(sin_half, quat[0])
+    return quat[1:] / sin_half * angle
+
+
+def rotation_vector_from_matrix(rotation) -> np.ndarray:
+    """Principal rotation vector (angle in [0, pi]) of a rotation matrix."""
+    quat = quaternion_from_matrix(rotation)
+    if quat[0] < 0:
+        quat = -quat
+    return rotation_vector_from_quaternion(quat)
+
+
+def _look_at_quaternion(position, target, up) -> np.ndarray:
+    """Quaternion of a MuJoCo camera at ``position`` looking at ``target`` (camera looks along -z)."""
+    forward = np.asarray(target, float) - np.asarray(position, float)
+    z_axis = -forward / np.linalg.norm(forward)
+    up = np.asarray(up, float)
+    y_axis = up - up.dot(z_axis) * z_axis
+    y_axis /= np.linalg.norm(y_axis)
+    x_axis = np.cross(y_axis, z_axis)
+    return quaternion_from_matrix(np.column_stack([x_axis, y_axis, z_axis]))
+
+
+def _yaw_quaternion(yaw: float) -> np.ndarray:
+    return np.array([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])
+
+
+# ----------------------------------------------------------------------------- scene sampling
+
+def _point_segment_distance(point, start, end) -> float:
+    segment = end - start
+    t = np.clip(np.dot(point - start, segment) / max(np.dot(segment, segment), 1e-12), 0.0, 1.0)
+    return float(np.linalg.norm(point - (start + t * segment)))
+
+
+def _reachable(xy) -> bool:
+    return REACH_RADIUS[0] <= float(np.hypot(*xy)) <= REACH_RADIUS[1]
+
+
+def sample_task(rng: np.random.Generator, kind: str) -> TaskSpec:
+    """Draw colours and a collision-free layout; for push, keep the push corridor clear."""
+    if kind not in TASK_KINDS:
+        raise ValueError(f'unknown task kind {kind!r}; expected one of {TASK_KINDS}')
+
+    def uniform_xy():
+        return np.array([rng.uniform(*OBJECT_X_RANGE), rng.uniform(*OBJECT_Y_RANGE)])
+
+    for _ in range(10000):
+        cube_colours = tuple(str(c) for c in rng.permutation(COLOUR_NAMES)[:NUM_CUBES])
+        pad_colours = tuple(str(c) for c in rng.permutation(COLOUR_NAMES)[:NUM_PADS])
+        pads = [uniform_xy() for _ in range(NUM_PADS)]
+        cubes = [uniform_xy() for _ in range(NUM_CUBES)]
+        yaws = rng.uniform(-np.pi / 4, np.pi / 4, NUM_CUBES)
+        if np.linalg.norm(pads[0] - pads[1]) < 2 * PAD_HALF + 0.04:
+            continue
+        if any(np.linalg.norm(cubes[i] - cubes[j]) < 0.09
+               for i in range(NUM_CUBES) for j in range(i)):
+            continue
+        # No cube starts on (or touching) a pad.
+        if any(np.max(np.abs(c - p)) < PAD_HALF + CUBE_HALF * 1.5 for c in cubes for p in pads):
+            continue
+        if not all(_reachable(xy) for xy in cubes + pads):
+            continue
+        # Cube 0 is the target; its colour is random, so the slot carries no information.
+        if kind == 'push':
+            offset = pads[0] - cubes[0]
+            distance = float(np.linalg.norm(offset))
+            if not PUSH_DISTANCE_RANGE[0] <= distance <= PUSH_DISTANCE_RANGE[1]:
+                continue
+            direction = offset / distance
+            standoff = cubes[0] - PUSH_STANDOFF * direction
+            if not _reachable(standoff) or not _reachable(pads[0] + 0.03 * direction):
+                continue
+            if any(_point_segment_distance(c, standoff, pads[0] + 0.03 * direction) < 0.07
+                   for c in cubes[1:]):
+                continue
+            instruction = f'push the {cube_colours[0]} cube onto the {pad_colours[0]} pad'
+            target_pad = pad_colours[0]
+        else:
+            instruction = f'touch the {cube_colours[0]} cube'
+            target_pad = None
+        return TaskSpec(
+            kind=kind, instruction=instruction, target_cube=cube_colours[0], target_pad=target_pad,
+            cube_colours=cube_colours, cube_positions=np.array(cubes), cube_yaws=np.array(yaws),
+            pad_colours=pad_colours, pad_positions=np.array(pads))
+    raise RuntimeError('could not sample a valid scene layout')
+
+
+# ----------------------------------------------------------------------------- model building
+
+def _urdf_link_colours(urdf_xml: str) -> dict[str, tuple[float, ...]]:
+    """Link name -> RGBA of its first visual's material (named or inline)."""
+    root = ET.fromstring(urdf_xml)
+    named = {}
+    for material in root.findall('material'):
+        colour = material.find('color')
+        if colour is not None:
+            named[material.get('name')] = tuple(float(v) for v in colour.get('rgba').split())
+    colours = {}
+    for link in root.findall('link'):
+        material = link.find('visual/material')
+        if material is None:
+            continue
+        colour = material.find('color')
+        if colour is not None:
+            colours[link.get('name')] = tuple(float(v) for v in colour.get('rgba').split())
+        elif material.get('name') in named:
+            colours[link.get('name')] = named[material.get('name')]
+    return colours
+
+
+def build_model(urdf_xml: str, physics_dt: float = 0.002, max_render_size: int = 1024) -> mujoco.MjModel:
+    """Robot from the URDF plus table, cubes, pads, lights, cameras and actuators."""
+    spec = mujoco.MjSpec.from_string(urdf_xml)
+    spec.modelname = 'vla_tabletop'
+    spec.compiler.fusestatic = False      # keep tool0 (a fixed link) as its own body
+    spec.compiler.discardvisual = False   # keep our visual-only geoms (pads, wall); URDF visuals
+                                          # were already dropped by the URDF parser
+    spec.option.timestep = physics_dt
+    spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
+    spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC
+    spec.visual.global_.offwidth = max_render_size
+    spec.visual.global_.offheight = max_render_size
+    spec.visual.quality.offsamples = 0    # no MSAA: faster software rendering
+    spec.visual.headlight.ambient = [0.35, 0.35, 0.35]
+    spec.visual.headlight.diffuse = [0.35, 0.35, 0.35]
+    spec.visual.headlight.specular = [0.0, 0.0, 0.0]
+
+    link_colours = _urdf_link_colours(urdf_xml)
+    for body in spec.bodies:
+        if body.name == 'world':
+            continue
+        body.gravcomp = 1.0               # the servos then only fight dynamics, not gravity
+        for geom in body.geoms:
+            geom.contype, geom.conaffinity = ROBOT_CONTYPE, ROBOT_CONAFFINITY
+            geom.rgba = link_colours.get(body.name, (0.7, 0.7, 0.7, 1.0))
+            geom.friction = [1.0, 0.005, 0.0001]
+    for name, armature in zip(ARM_JOINT_NAMES, ARM_ARMATURE):
+        spec.joint(name).armature = armature
+    for name in FINGER_JOINT_NAMES:
+        spec.joint(name).armature = 0.01
+
+    spec.body(TCP_FRAME).add_site(name=TCP_SITE, size=[0.005, 0, 0], rgba=[1, 0, 1, 0])
+
+    # Wrist camera on the palm, behind the fingers (flange -x is "forward" at home),
+    # looking down past the fingertips.
+    camera_position = np.array([-0.07, 0.0, -0.015])
+    spec.body('link6').add_camera(
+        name='wrist', pos=camera_position, fovy=70.0,
+        quat=_look_at_quaternion(camera_position, [0.0, 0.0, 0.21], up=[-1.0, 0.0, 0.0]))
+
+    world = spec.worldbody
+    world.add_geom(name='floor', type=mujoco.mjtGeom.mjGEOM_PLANE, size=[3, 3, 0.1],
+                   pos=[0, 0, -0.75], rgba=[0.32, 0.33, 0.36, 1],
+                   contype=WORLD_CONTYPE, conaffinity=WORLD_CONAFFINITY)
+    world.add_geom(name='table', type=mujoco.mjtGeom.mjGEOM_BOX, size=TABLE_HALF,
+                   pos=[TABLE_CENTRE_X, 0, -TABLE_HALF[2]], rgba=[0.72, 0.64, 0.52, 1],
+                   contype=WORLD_CONTYPE, conaffinity=WORLD_CONAFFINITY, friction=[0.6, 0.005, 0.0001])
+    world.add_geom(name='back_wall', type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.02, 1.5, 1.0],
+                   pos=[-0.6, 0, 0.2], rgba=[0.82, 0.84, 0.86, 1], contype=0, conaffinity=0)
+    world.add_light(name='sun', pos=[0.4, 0.3, 1.5], dir=[-0.1, -0.2, -1.0],
+                    type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL, castshadow=False,
+                    diffuse=[0.6, 0.6, 0.6], specular=[0.1, 0.1, 0.1], ambient=[0.1, 0.1, 0.1])
+
+    # Third-person view from the far side of the table, facing the robot (as LIBERO's agentview).
+    primary_position = np.array([0.95, 0.0, 0.50])
+    world.add_camera(name='primary', pos=primary_position, fovy=48.0,
+                     quat=_look_at_quaternion(primary_position, [0.36, 0.0, 0.02], up=[0, 0, 1]))
+
+    for i in range(NUM_CUBES):
+        cube = world.add_body(name=f'cube{i}', pos=[0.4, 0.1 * i, CUBE_HALF])
+        cube.add_freejoint(name=f'cube{i}_free')
+        cube.add_geom(name=f'cube{i}_geom', type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF] * 3,
+                      mass=CUBE_MASS, rgba=COLOURS[COLOUR_NAMES[i]],
+                      contype=WORLD_CONTYPE, conaffinity=WORLD_CONAFFINITY,
+                      friction=[0.6, 0.005, 0.0001])
+    for i in range(NUM_PADS):
+        pad = world.add_body(name=f'pad{i}', pos=[0.4, -0.15 * (i + 1), PAD_THICKNESS / 2])
+        # Visual only: cubes slide over pads as over the table.
+        pad.add_geom(name=f'pad{i}_geom', type=mujoco.mjtGeom.mjGEOM_BOX,
+                     size=[PAD_HALF, PAD_HALF, PAD_THICKNESS / 2],
+                     rgba=COLOURS[COLOUR_NAMES[i]], contype=0, conaffinity=0)
+
+    for name in ARM_JOINT_NAMES + FINGER_JOINT_NAMES:
+        actuator = spec.add_actuator(name=f'{name}_servo', target=name,
+                                     trntype=mujoco.mjtTrn.mjTRN_JOINT)
+        actuator.set_to_position(kp=FINGER_KP if name in FINGER_JOINT_NAMES else 1.0)
+        actuator.ctrllimited = False      # the IK clamps targets; the feed-forward may lead them
+        actuator.forcelimited = True
+        actuator.forcerange = spec.joint(name).actfrcrange
+    return spec.compile()
+
+
+# ----------------------------------------------------------------------------- environment
+
+class TabletopEnv:
+    """Tabletop touch/push tasks with a 6-DoF arm, two cameras and delta-pose actions."""
+
+    tcp_frame = TCP_FRAME
+    action_names = ACTION_NAMES
+    task_kinds = TASK_KINDS
+    camera_names = CAMERA_NAMES
+
+    def __init__(self, image_size: int = 128, control_dt: float = 0.1, seed: int = 0,
+                 physics_dt: float = 0.002, render_images: bool = True,
+                 ik_damping: float = 0.02, ik_iterations: int = 6):
+        self.image_size = int(image_size)
+        self.control_dt = float(control_dt)
+        self.physics_dt = float(physics_dt)
+        self.substeps = max(1, int(round(self.control_dt / self.physics_dt)))
+        self.render_images = render_images
+        self.ik_damping = ik_damping
+        self.ik_iterations = ik_iterations
+        self.action_low = ACTION_LOW.copy()
+        self.action_high = ACTION_HIGH.copy()
+        self.urdf_path = str(URDF_PATH)
+        self.urdf_xml = URDF_PATH.read_text()
+        self.joint_names = list(ARM_JOINT_NAMES + FINGER_JOINT_NAMES)
+        self._seed_rng = np.random.default_rng(seed)
+
+        self.model = build_model(self.urdf_xml, self.physics_dt,
+                                 max_render_size=max(1024, self.image_size))
+        self.data = mujoco.MjData(self.model)
+        self._ik_data = mujoco.MjData(self.model)   # scratch state for IK iterations
+        self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
+
+        m = self.model
+        joint_ids = [m.joint(n).id for n in self.joint_names]
+        self._qpos_index = np.array([m.jnt_qposadr[j] for j in joint_ids])
+        self._dof_index = np.array([m.jnt_dofadr[j] for j in joint_ids])
+        self._arm_qpos = self._qpos_index[:6]
+        self._arm_dofs = self._dof_index[:6]
+        self._finger_qpos = self._qpos_index[6:]
+        self._arm_range = m.jnt_range[joint_ids[:6]].copy()
+        self._arm_actuators = np.array([m.actuator(f'{n}_servo').id for n in ARM_JOINT_NAMES])
+        self._finger_actuators = np.array([m.actuator(f'{n}_servo').id for n in FINGER_JOINT_NAMES])
+        self._tcp_site = m.site(TCP_SITE).id
+        self._cube_bodies = [m.body(f'cube{i}').id for i in range(NUM_CUBES)]
+        self._cube_qpos = [m.jnt_qposadr[m.joint(f'cube{i}_free').id] for i in range(NUM_CUBES)]
+        self._cube_geoms = [m.geom(f'cube{i}_geom').id for i in range(NUM_CUBES)]
+        self._pad_bodies = [m.body(f'pad{i}').id for i in range(NUM_PADS)]
+        self._pad_geoms = [m.geom(f'pad{i}_geom').id for i in range(NUM_PADS)]
+        self._gripper_body_ids = np.array([m.body(n).id for n in ('link6', 'finger_left', 'finger_right')])
+        self._jacp = np.zeros((3, m.nv))
+        self._jacr = np.zeros((3, m.nv))
+
+        self.home_qpos = self._solve_home()
+        self._set_servo_gains()
+        self._reference_quat = quaternion_from_matrix(HOME_TCP_ROTATION)
+
+        self.task: TaskSpec | None = None
+        self.episode_seed: int | None = None
+        self.step_count = 0
+        self._success = False
+        self.hard_hit = False      # touch only: the gripper struck the target cube too fast
+        self._touch_start = np.zeros(3)
+        self.reset(seed=int(self._seed_rng.integers(2**31)))
+
+    # ------------------------------------------------------------------ setup helpers
+    def _solve_home(self) -> np.ndarray:
+        self.data.qpos[self._arm_qpos] = HOME_JOINT_GUESS
+        mujoco.mj_forward(self.model, self.data)
+        q = self._inverse_kinematics(HOME_TCP_POSITION, HOME_TCP_ROTATION, iterations=100)
+        return q
+
+    def _set_servo_gains(self):
+        """Position servos: kp per joint, kv for critical damping at home, velocity feed-forward."""
+        m = self.model
+        data = mujoco.MjData(m)
+        data.qpos[self._arm_qpos] = self.home_qpos
+        mujoco.mj_forward(m, data)
+        mass_matrix = np.zeros((m.nv, m.nv))
+        mujoco.mj_fullM(m, data, mass_matrix)
+        inertia = np.diag(mass_matrix)
+        for actuator, dof, kp in zip(self._arm_actuators, self._arm_dofs, ARM_KP):
+            kv = 2.0 * np.sqrt(kp * inertia[dof])
+            m.actuator_gainprm[actuator, 0] = kp
+            m.actuator_biasprm[actuator, 1:3] = (-kp, -kv)
+        for actuator, dof in zip(self._finger_actuators, self._dof_index[6:]):
+            kv = 2.0 * np.sqrt(FINGER_KP * inertia[dof])
+            m.actuator_biasprm[actuator, 2] = -kv
+        # Lead (s) that cancels the steady ramp lag of servo + joint damping: q = ctrl - lead * qdot.
+        kp = m.actuator_gainprm[self._arm_actuators, 0]
+        kv = -m.actuator_biasprm[self._arm_actuators, 2]
+        self._feedforward_lead = (kv + m.dof_damping[self._arm_dofs]) / kp
+
+    def _renderer(self, height: int, width: int) -> mujoco.Renderer:
+        key = (height, width)
+        if key not in self._renderers:
+            self._renderers[key] = mujoco.Renderer(self.model, height=height, width=width)
+        return self._renderers[key]
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def max_steps(self) -> int:
+        return self.max_steps_for(self.task.kind if self.task else 'push')
+
+    def max_steps_for(self, kind: str) -> int:
+        return int(round(TASK_SECONDS[kind] / self.control_dt))
+
+    @property
+    def instruction(self) -> str:
+        return self.task.instruction if self.task else ''
+
+    def reset(self, task: str | None = None, seed: int | None = None) -> Observation:
+        """New episode. Same (task, seed) => same scene; ``seed=None`` draws from the env's seed."""
+        if seed is None:
+            seed = int(self._seed_rng.integers(2**31))
+        self.episode_seed = int(seed)
+        rng = np.random.default_rng(self.episode_seed)
+        kind = task if task is not None else TASK_KINDS[int(rng.integers(len(TASK_KINDS)))]
+        self.task = sample_task(rng, kind)
+
+        m, d = self.model, self.data
+        mujoco.mj_resetData(m, d)
+        d.qpos[self._arm_qpos] = self.home_qpos
+        d.qpos[self._finger_qpos] = 0.0
+        d.ctrl[self._arm_actuators] = self.home_qpos
+        d.ctrl[self._finger_actuators] = 0.0
+        for i in range(NUM_CUBES):
+            adr = self._cube_qpos[i]
+            d.qpos[adr:adr + 3] = [*self.task.cube_positions[i], CUBE_HALF]
+            d.qpos[adr + 3:adr + 7] = _yaw_quaternion(self.task.cube_yaws[i])
+            m.geom_rgba[self._cube_geoms[i]] = COLOURS[self.task.cube_colours[i]]
+        for i in range(NUM_PADS):
+            m.body_pos[self._pad_bodies[i]] = [*self.task.pad_positions[i], PAD_THICKNESS / 2]
+            m.geom_rgba[self._pad_geoms[i]] = COLOURS[self.task.pad_colours[i]]
+        mujoco.mj_forward(m, d)
+        self.step_count = 0
+        self._success = False
+        self.hard_hit = False
+        self._touch_start = self.cube_position(self.task.target_cube).copy()
+        return self.observe()
+
+    def clip_action(self, action) -> np.ndarray:
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        if action.shape != (7,):
+            raise ValueError(f'action must have 7 values {ACTION_NAMES}, got {action.shape[0]}')
+        if not np.all(np.isfinite(action)):
+            raise ValueError('action contains NaN or Inf')
+        return np.clip(action, self.action_low, self.action_high)
+
+    def step(self, action) -> Observation:
+        action = self.clip_action(action)
+        m, d = self.model, self.data
+        position, rotation = self.tcp_pose()
+        target_position = position + action[:3]
+        target_rotation = rotation_matrix_from_vector(action[3:6]) @ rotation
+        goal = self._inverse_kinematics(target_position, target_rotation)
+
+        # Ramp the servo targets from the measured joints to the IK goal over the control period;
+        # the feed-forward lead makes the servos track the ramp instead of lagging behind it, so
+        # the TCP ends the step (close to) where the action asked.
+        start = d.qpos[self._arm_qpos].copy()
+        ramp_velocity = (goal - start) / (self.substeps * self.physics_dt)
+        d.ctrl[self._finger_actuators] = FINGER_OPEN * (1.0 - action[6]) / 2.0
+        watch_for_hits = self.task.kind == 'touch' and not self._success and not self.hard_hit
+        for i in range(self.substeps):
+            fraction = (i + 1) / self.substeps
+            lead = self._feedforward_lead * ramp_velocity if i + 1 < self.substeps else 0.0
+            d.ctrl[self._arm_actuators] = start + fraction * (goal - start) + lead
+            mujoco.mj_step(m, d)
+            if watch_for_hits and self._struck(self.task.target_cube):
+                self.hard_hit = True
+                watch_for_hits = False
+        mujoco.mj_forward(m, d)   # derived quantities (site poses, velocities) for observe()
+        self.step_count += 1
+        return self.observe()
+
+    def observe(self) -> Observation:
+        d = self.data
+        linear, angular = self.tcp_velocity()
+        if not self._success and self._success_now(linear):
+            self._success = True
+        images = {}
+        if self.render_images:
+            images = {name: self.render_rgb(name, self.image_size) for name in CAMERA_NAMES}
+        return Observation(
+            images=images,
+            joint_names=list(self.joint_names),
+            joint_positions=d.qpos[self._qpos_index].astype(np.float64),
+            joint_velocities=d.qvel[self._dof_index].astype(np.float64),
+            proprio=self.proprio(),
+            instruction=self.instruction,
+            success=self._success,
+            time=float(d.time),
+            tcp_linear_velocity=linear,
+            tcp_angular_velocity=angular,
+            step=self.step_count,
+        )
+
+    def render_rgb(self, camera: str, size: int | tuple[int, int] = 128) -> np.ndarray:
+        """RGB uint8 image (H x W x 3) from a named camera; ``size`` is an int or (height, width)."""
+        height, width = (size, size) if np.isscalar(size) else size
+        renderer = self._renderer(int(height), int(width))
+        renderer.update_scene(self.data, camera=camera)
+        return renderer.render().copy()
+
+    def close(self):
+        for renderer in self._renderers.values():
+            renderer.close()
+        self._renderers.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ state queries
+    def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """TCP (tool0) position and 3x3 rotation in the world frame."""
+        return (self.data.site_xpos[self._tcp_site].copy(),
+                self.data.site_xmat[self._tcp_site].reshape(3, 3).copy())
+
+    def tcp_velocity(self) -> tuple[np.ndarray, np.ndarray]:
+        """World-frame linear and angular TCP velocity from MuJoCo."""
+        velocity = np.zeros(6)
+        mujoco.mj_objectVelocity(self.model, self.data, mujoco.mjtObj.mjOBJ_SITE,
+                                 self._tcp_site, velocity, 0)
+        return velocity[3:].copy(), velocity[:3].copy()
+
+    def tcp_rotation_vector(self) -> np.ndarray:
+        """Axis-angle of the TCP orientation. The quaternion sign is chosen nearest the
+        tool-down home orientation, so the vector is continuous around the working poses
+        (where the principal axis-angle would flip at angle pi)."""
+        quat = quaternion_from_matrix(self.tcp_pose()[1])
+        if np.dot(quat, self._reference_quat) < 0:
+            quat = -quat
+        return rotation_vector_from_quaternion(quat)
+
+    def proprio(self) -> np.ndarray:
+        return np.concatenate([self.data.site_xpos[self._tcp_site], self.tcp_rotation_vector(),
+                               self.data.qpos[self._finger_qpos]]).astype(np.float64)
+
+    def cube_position(self, colour: str) -> np.ndarray:
+        return self.data.xpos[self._cube_bodies[self._cube_slot(colour)]].copy()
+
+    def cube_rotation(self, colour: str) -> np.ndarray:
+        return self.data.xmat[self._cube_bodies[self._cube_slot(colour)]].reshape(3, 3).copy()
+
+    def pad_position(self, colour: str) -> np.ndarray:
+        return self.data.xpos[self._pad_bodies[self.task.pad_colours.index(colour)]].copy()
+
+    def _cube_slot(self, colour: str) -> int:
+        return self.task.cube_colours.index(colour)
+
+    def target_cube_position(self) -> np.ndarray:
+        return self.cube_position(self.task.target_cube)
+
+    def target_pad_position(self) -> np.ndarray | None:
+        return None if self.task.target_pad is None else self.pad_position(self.task.target_pad)
+
+    def gripper_touches(self, colour: str) -> bool:
+        """Any contact between the cube and a gripper geom (palm or fingers)."""
+        pairs = self.data.contact.geom[:self.data.ncon]
+        cube_geom = self._cube_geoms[self._cube_slot(colour)]
+        others = np.concatenate([pairs[pairs[:, 0] == cube_geom, 1], pairs[pairs[:, 1] == cube_geom, 0]])
+        return bool(np.isin(self.model.geom_bodyid[others], self._gripper_body_ids).any())
+
+    def _struck(self, colour: str) -> bool:
+        """Gripper in contact with the cube while the TCP moves faster than TOUCH_HIT_SPEED."""
+        cube = self.data.xpos[self._cube_bodies[self._cube_slot(colour)]]
+        if np.sum((self.data.site_xpos[self._tcp_site] - cube) ** 2) > 0.1 ** 2:
+            return False   # cheap early out: the gripper is nowhere near the cube
+        if not self.gripper_touches(colour):
+            return False
+        return float(np.linalg.norm(self.tcp_velocity()[0])) > TOUCH_HIT_SPEED
+
+    def tcp_distance_to_cube(self, colour: str) -> float:
+        """Distance from the TCP to the cube's surface (0 inside)."""
+        local = self.cube_rotation(colour).T @ (self.tcp_pose()[0] - self.cube_position(colour))
+        outside = np.maximum(np.abs(local) - CUBE_HALF, 0.0)
+        return float(np.linalg.norm(outside))
+
+    def cube_velocity(self, colour: str) -> np.ndarray:
+        """World-frame linear velocity of a cube."""
+        velocity = np.zeros(6)
+        mujoco.mj_objectVelocity(self.model, self.data, mujoco.mjtObj.mjOBJ_BODY,
+                                 self._cube_bodies[self._cube_slot(colour)], velocity, 0)
+        return velocity[3:].copy()
+
+    def cube_on_pad(self, cube_colour: str, pad_colour: str) -> bool:
+        """Cube centre inside the pad square and the cube on the table (not lifted)."""
+        offset = self.cube_position(cube_colour) - self.pad_position(pad_colour)
+        on_table = offset[2] < CUBE_HALF + 0.01
+        return bool(on_table and np.all(np.abs(offset[:2]) <= PAD_HALF))
+
+    def _success_now(self, tcp_linear_velocity: np.ndarray) -> bool:
+        task = self.task
+        if task.kind == 'touch':
+            close = (self.tcp_distance_to_cube(task.target_cube) <= TOUCH_DISTANCE
+                     or self.gripper_touches(task.target_cube))
+            gentle = float(np.linalg.norm(tcp_linear_velocity)) <= TOUCH_MAX_SPEED
+            moved = np.linalg.norm(self.cube_position(task.target_cube)[:2] - self._touch_start[:2])
+            return bool(close and gentle and moved <= TOUCH_MAX_DISPLACEMENT and not self.hard_hit)
+        stopped = float(np.linalg.norm(self.cube_velocity(task.target_cube))) <= PUSH_MAX_CUBE_SPEED
+        return bool(stopped and self.cube_on_pad(task.target_cube, task.target_pad))
+
+    # ------------------------------------------------------------------ inverse kinematics
+    def _inverse_kinematics(self, target_position, target_rotation, iterations: int | None = None):
+        """Damped least squares on the arm joints, starting from the current joint positions."""
+        m, scratch = self.model, self._ik_data
+        scratch.qpos[:] = self.data.qpos
+        q = scratch.qpos[self._arm_qpos].copy()
+        damping = self.ik_damping ** 2 * np.eye(6)
+        for _ in range(iterations or self.ik_iterations):
+            mujoco.mj_kinematics(m, scratch)
+            mujoco.mj_comPos(m, scratch)
+            position = scratch.site_xpos[self._tcp_site]
+            rotation = scratch.site_xmat[self._tcp_site].reshape(3, 3)
+            error = np.concatenate([target_position - position,
+                                    rotation_vector_from_matrix(target_rotation @ rotation.T)])
+            if np.linalg.norm(error[:3]) < 1e-6 and np.linalg.norm(error[3:]) < 1e-5:
+                break
+            mujoco.mj_jacSite(m, scratch, self._jacp, self._jacr, self._tcp_site)
+            jacobian = np.vstack([self._jacp[:, self._arm_dofs], self._jacr[:, self._arm_dofs]])
+            dq = jacobian.T @ np.linalg.solve(jacobian @ jacobian.T + damping, error)
+            q = np.clip(q + dq, self._arm_range[:, 0], self._arm_range[:, 1])
+            scratch.qpos[self._arm_qpos] = q
+        return q

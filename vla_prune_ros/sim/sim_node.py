@@ -1,0 +1,133 @@
+"""``vla_prune_sim``: the MuJoCo tabletop arm as a ROS 2 robot.
+
+Publishes what a real robot driver would: camera images (``camera/<name>/image_raw``),
+``joint_states`` with velocities, and ``robot_description`` (latched). Executes
+``ActionChunk`` messages step by step at their ``dt`` (a newer chunk replaces what is left of
+the older one, as a trajectory controller does; with no chunk the arm holds still). Offers
+``reset_episode`` (``ResetEpisode``: task + seed -> instruction) and reports success on
+``task_done`` (``std_msgs/Bool``) from the simulator's own state.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+import numpy as np
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, String
+
+from vla_prune_interfaces.msg import ActionChunk
+from vla_prune_interfaces.srv import ResetEpisode
+
+from ..image_conversion import fill_image_msg
+from .env import ACTION_NAMES, CAMERA_NAMES, TASK_KINDS, TabletopEnv
+
+
+class SimNode(Node):
+    def __init__(self):
+        super().__init__('vla_prune_sim')
+        self.declare_parameter('image_size', 128)
+        self.declare_parameter('control_dt', 0.1)
+        self.declare_parameter('seed', 0)
+        self.declare_parameter('task', '')
+        size = self.get_parameter('image_size').value
+        self.control_dt = float(self.get_parameter('control_dt').value)
+        self.env = TabletopEnv(image_size=size, control_dt=self.control_dt, seed=self.get_parameter('seed').value)
+        self.lock = threading.Lock()
+        self.queue: deque[np.ndarray] = deque()
+        self.gripper = 1.0
+        self.observation = self.env.reset(task=self.get_parameter('task').value or None,
+                                          seed=self.get_parameter('seed').value)
+
+        self.image_publishers = {name: self.create_publisher(Image, f'camera/{name}/image_raw',
+                                                             qos_profile_sensor_data) for name in CAMERA_NAMES}
+        self.joint_publisher = self.create_publisher(JointState, 'joint_states', qos_profile_sensor_data)
+        self.done_publisher = self.create_publisher(Bool, 'task_done', 10)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             reliability=ReliabilityPolicy.RELIABLE)
+        self.description_publisher = self.create_publisher(String, 'robot_description', latched)
+        self.description_publisher.publish(String(data=self.env.urdf_xml))
+
+        self.create_subscription(ActionChunk, 'action_chunk', self.on_chunk, 10)
+        self.create_service(ResetEpisode, 'reset_episode', self.on_reset)
+        # Physics runs on its own timer thread so service calls never stall it.
+        self.create_timer(self.control_dt, self.on_tick, callback_group=MutuallyExclusiveCallbackGroup())
+        self.get_logger().info(f'simulated arm ready: {self.env.instruction!r}')
+
+    def on_chunk(self, msg: ActionChunk) -> None:
+        if msg.action_dim != len(ACTION_NAMES) or len(msg.actions) != msg.chunk_length * msg.action_dim:
+            self.get_logger().warning(f'action_chunk: expected {len(ACTION_NAMES)}-D actions, got '
+                                      f'{msg.action_dim} x {msg.chunk_length} with {len(msg.actions)} values')
+            return
+        actions = np.asarray(msg.actions, dtype=np.float64).reshape(msg.chunk_length, msg.action_dim)
+        if not np.all(np.isfinite(actions)):
+            self.get_logger().error('action_chunk: non-finite action refused')
+            return
+        with self.lock:
+            self.queue = deque(actions)
+
+    def on_reset(self, request: ResetEpisode.Request, response: ResetEpisode.Response):
+        task = request.task or None
+        if task is not None and task not in TASK_KINDS:
+            response.success, response.message = False, f"unknown task '{task}'; choose one of {TASK_KINDS}"
+            return response
+        with self.lock:
+            self.queue.clear()
+            self.gripper = 1.0
+            self.observation = self.env.reset(task=task, seed=int(request.seed))
+            self.publish_observation()
+        response.success, response.message = True, 'reset'
+        response.instruction = self.env.instruction
+        self.get_logger().info(f'reset (seed {request.seed}): {self.env.instruction!r}')
+        return response
+
+    def on_tick(self) -> None:
+        with self.lock:
+            if self.queue:
+                action = self.queue.popleft()
+                self.gripper = float(action[-1])
+            else:
+                action = np.zeros(len(ACTION_NAMES))
+                action[-1] = self.gripper
+            self.observation = self.env.step(action)
+            self.publish_observation()
+
+    def publish_observation(self) -> None:
+        stamp = self.get_clock().now().to_msg()
+        obs = self.observation
+        for name, publisher in self.image_publishers.items():
+            publisher.publish(fill_image_msg(Image(), obs.images[name], 'rgb8', stamp=stamp, frame_id=f'{name}_camera'))
+        joints = JointState()
+        joints.header.stamp = stamp
+        joints.name = list(obs.joint_names)
+        joints.position = obs.joint_positions.tolist()
+        joints.velocity = obs.joint_velocities.tolist()
+        self.joint_publisher.publish(joints)
+        self.done_publisher.publish(Bool(data=bool(obs.success)))
+
+    def destroy_node(self):
+        self.env.close()
+        super().destroy_node()
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = SimNode()
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()
