@@ -100,16 +100,22 @@ def q01_q99(values: np.ndarray) -> tuple[list[float], list[float]]:
     return np.quantile(values, 0.01, axis=0).tolist(), np.quantile(values, 0.99, axis=0).tolist()
 
 
-def dataset_statistics(episodes: list[Episode], gripper_last: bool = True) -> dict:
-    """BOUNDS_Q99 statistics in OFT's ``dataset_statistics.json`` shape; the gripper is not normalised."""
+def dataset_statistics(episodes: list[Episode], min_range: float = 1e-3) -> dict:
+    """BOUNDS_Q99 statistics in OFT's ``dataset_statistics.json`` shape.
+
+    Dimensions whose q01..q99 range is below ``min_range`` (a gripper that never changes, a
+    rotation the expert holds fixed) are masked out: normalising them would blow sensor noise
+    up to the full [-1, 1] range, an unlearnable target and a noisy input.
+    """
     actions = np.concatenate([e.actions for e in episodes])
     proprio = np.concatenate([e.proprio for e in episodes])
     action_q01, action_q99 = q01_q99(actions)
     proprio_q01, proprio_q99 = q01_q99(proprio)
-    mask = [True] * actions.shape[1]
-    if gripper_last:
-        mask[-1] = False
-    return {'action': {'q01': action_q01, 'q99': action_q99, 'mask': mask,
+
+    def mask(q01, q99):
+        return [bool(high - low >= min_range) for low, high in zip(q01, q99)]
+
+    return {'action': {'q01': action_q01, 'q99': action_q99, 'mask': mask(action_q01, action_q99),
                        'mean': actions.mean(0).tolist(), 'std': actions.std(0).tolist()},
-            'proprio': {'q01': proprio_q01, 'q99': proprio_q99},
+            'proprio': {'q01': proprio_q01, 'q99': proprio_q99, 'mask': mask(proprio_q01, proprio_q99)},
             'num_transitions': int(len(actions)), 'num_trajectories': len(episodes)}

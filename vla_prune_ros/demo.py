@@ -1,0 +1,310 @@
+"""``vla-prune demo``: the whole job on a simulated robot, over real DDS.
+
+Starts ``vla_prune_sim`` (MuJoCo arm: cameras, joint states, URDF) and ``vla_prune_node`` (the
+bundled default policy) as separate processes, then acts as the user: resets scenes, sends
+instructions as ``RunInstruction`` goals, switches the pruning method live through
+``set_parameters`` (what ``ros2 param set`` calls), prints one line per chunk and a summary,
+writes a GIF of an episode and records the run to a rosbag2 (MCAP).
+
+The same harness runs ``vla-prune eval --through-ros``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .evaluation import DEFAULT_POLICY, LIGHTVLA_POLICY, summarise, EpisodeResult, wilson_interval  # noqa: F401
+from .node_config import CONFIG_DIR, NODE_NAME, resolve_launch_parameters
+
+DEMO_EPISODES = (('touch', 3), ('push', 5))
+RECORDED_TOPICS = ['/action_chunk', '/inference_stats', '/joint_states', '/camera/primary/image_raw',
+                   '/camera/wrist/image_raw', '/task_done', '/diagnostics', '/robot_description']
+CHUNK_STEPS = 8
+
+
+def ros_environment() -> dict:
+    env = dict(os.environ)
+    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'       # never leave this machine
+    env.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 100)))
+    env.setdefault('MUJOCO_GL', 'egl')
+    env.setdefault('PYOPENGL_PLATFORM', 'egl')
+    env.setdefault('HF_HUB_OFFLINE', '1')
+    return env
+
+
+class Processes:
+    """The simulator and policy node as child processes, stopped on exit."""
+
+    def __init__(self, log_dir: Path, env: dict):
+        self.log_dir, self.env, self.children = log_dir, env, {}
+
+    def start(self, name: str, argv: list[str]) -> None:
+        log = open(self.log_dir / f'{name}.log', 'w')
+        self.children[name] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env), log)
+
+    def check(self) -> None:
+        for name, (process, _) in self.children.items():
+            if process.poll() is not None:
+                tail = (self.log_dir / f'{name}.log').read_text().strip().splitlines()[-5:]
+                raise RuntimeError(f'{name} exited with {process.returncode}:\n  ' + '\n  '.join(tail))
+
+    def stop(self, name: str | None = None) -> None:
+        for key in [name] if name else list(self.children):
+            process, log = self.children.pop(key)
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            log.close()
+
+
+def node_params_file(checkpoint: Path, method: str, directory: Path) -> Path:
+    params = resolve_launch_parameters(method, {'checkpoint': str(checkpoint)}, [CONFIG_DIR / 'sim_robot.yaml'])
+    path = directory / f'params_{checkpoint.name}.yaml'
+    path.write_text(yaml.safe_dump({NODE_NAME: {'ros__parameters': params}}))
+    return path
+
+
+@dataclass
+class GoalLog:
+    method: str
+    instruction: str
+    lines: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    flops_ratios: list[float] = field(default_factory=list)
+    fine_chunks: int = 0
+
+
+class Client:
+    """The user's side: an rclpy node with the action, reset and parameter clients."""
+
+    def __init__(self, record_to: Path | None, gif_frames: list | None):
+        import rclpy
+        from rclpy.action import ActionClient
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.parameter_client import AsyncParameterClient
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+        from vla_prune_interfaces.action import RunInstruction
+        from vla_prune_interfaces.msg import InferenceStats
+        from vla_prune_interfaces.srv import ResetEpisode
+
+        rclpy.init()
+        self.rclpy = rclpy
+        self.node = rclpy.create_node('vla_prune_demo')
+        self.RunInstruction, self.ResetEpisode = RunInstruction, ResetEpisode
+        self.action = ActionClient(self.node, RunInstruction, 'run_instruction')
+        self.reset_client = self.node.create_client(ResetEpisode, 'reset_episode')
+        self.params = AsyncParameterClient(self.node, NODE_NAME)
+        self.current: GoalLog | None = None
+        self.gif_frames, self.capture = gif_frames, False
+        self.node.create_subscription(InferenceStats, 'inference_stats', self._on_stats, 10)
+        self.node.create_subscription(Image, 'camera/primary/image_raw', self._on_image, qos_profile_sensor_data)
+        self.recorder = None
+        if record_to is not None:
+            from .recording import BagRecorder
+            self.recorder = BagRecorder(self.node, record_to, topics=RECORDED_TOPICS, discovery_timeout=5.0)
+        self.executor = MultiThreadedExecutor(num_threads=3)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _on_stats(self, msg) -> None:
+        log = self.current
+        if log is None:
+            return
+        chunk = len(log.latencies) + 1
+        speed = f'{msg.ee_linear_speed:.3f} m/s' if msg.ee_velocity_valid else 'unknown'
+        line = (f'  [{msg.method:<13}] chunk {chunk:>2}  mode={msg.controller_mode:<6} ee speed {speed:>11}  '
+                f'tokens {msg.layer_tokens[0] if msg.layer_tokens else msg.tokens_total:>3}/{msg.tokens_total}  '
+                f'FLOPs {msg.flops / max(msg.flops_unpruned, 1):.2f}  latency {1000 * msg.total_time:6.1f} ms')
+        print(line, flush=True)
+        log.lines.append(line)
+        log.latencies.append(msg.total_time)
+        log.tokens.append(msg.layer_tokens[0] if msg.layer_tokens else msg.tokens_total)
+        log.flops_ratios.append(msg.flops / max(msg.flops_unpruned, 1))
+        log.fine_chunks += int(msg.controller_mode == 'fine')
+
+    def _on_image(self, msg) -> None:
+        if self.capture and self.gif_frames is not None:
+            from .image_conversion import msg_to_rgb
+            self.gif_frames.append(msg_to_rgb(msg))
+
+    def wait_ready(self, processes: Processes, timeout: float = 120.0) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            processes.check()
+            if self.action.server_is_ready() and self.reset_client.service_is_ready() \
+                    and self.params.services_are_ready():
+                return
+            time.sleep(0.2)
+        raise TimeoutError('the simulator or the policy node did not come up; see the logs')
+
+    def call(self, future, timeout: float = 30.0):
+        deadline = time.time() + timeout
+        while not future.done():
+            if time.time() > deadline:
+                raise TimeoutError('no answer from the remote node')
+            time.sleep(0.01)
+        return future.result()
+
+    def reset(self, task: str, seed: int) -> str:
+        request = self.ResetEpisode.Request(task=task, seed=seed)
+        response = self.call(self.reset_client.call_async(request))
+        if not response.success:
+            raise RuntimeError(response.message)
+        time.sleep(0.3)      # let fresh frames of the new scene reach the node
+        return response.instruction
+
+    def set_method(self, method: str) -> None:
+        from rclpy.parameter import Parameter
+        results = self.call(self.params.set_parameters([Parameter('method', value=method)])).results
+        if not results[0].successful:
+            raise RuntimeError(f'method {method} refused: {results[0].reason}')
+
+    def run_goal(self, instruction: str, method: str, max_chunks: int, timeout_s: float):
+        goal = self.RunInstruction.Goal(instruction=instruction, max_chunks=max_chunks)
+        goal.timeout.sec = int(timeout_s)
+        self.current = GoalLog(method, instruction)
+        handle = self.call(self.action.send_goal_async(goal))
+        if not handle.accepted:
+            raise RuntimeError(f'goal rejected: {instruction!r}')
+        result = self.call(handle.get_result_async(), timeout=timeout_s + 30).result
+        time.sleep(0.1)
+        log, self.current = self.current, None
+        return result, log
+
+    def close(self) -> dict:
+        counts = self.recorder.stop() if self.recorder is not None else {}
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown()
+        return counts
+
+
+def run_episodes(plan: list[tuple[str, Path]], episodes: list[tuple[str, int]], out_dir: Path, record: bool,
+                 gif: bool, quiet: bool = False) -> tuple[dict, Path | None, Path | None]:
+    """Run every (method, checkpoint) of ``plan`` on every (task, seed); one node per checkpoint."""
+    env = ros_environment()
+    os.environ.update({k: env[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID')})
+    processes = Processes(out_dir, env)
+    frames: list = []
+    bag = out_dir / 'demo_bag' if record else None
+    client = Client(bag, frames if gif else None)
+    report: dict = {}
+    try:
+        processes.start('vla_prune_sim', [sys.executable, '-m', 'vla_prune_ros.sim.sim_node'])
+        by_checkpoint: dict[Path, list[str]] = {}
+        for method, checkpoint in plan:
+            by_checkpoint.setdefault(checkpoint, []).append(method)
+        for checkpoint, methods in by_checkpoint.items():
+            params = node_params_file(checkpoint, methods[0], out_dir)
+            processes.start('vla_prune_node', [sys.executable, '-m', 'vla_prune_ros.node', '--ros-args',
+                                               '--params-file', str(params)])
+            client.wait_ready(processes)
+            if client.recorder is not None and not client.recorder.recording:
+                client.recorder.start()
+            for method in methods:
+                client.set_method(method)
+                results = []
+                for task, seed in episodes:
+                    instruction = client.reset(task, seed)
+                    if not quiet:
+                        print(f'\n{method} | {task} seed {seed}: "{instruction}"', flush=True)
+                    client.capture = gif and not frames
+                    steps = 60 if task == 'touch' else 120
+                    result, log = client.run_goal(instruction, method, math.ceil(steps / CHUNK_STEPS) + 1,
+                                                  steps * 0.1 + 10)
+                    client.capture = False
+                    success = result.status == client.RunInstruction.Result.STATUS_SUCCEEDED
+                    if not quiet:
+                        print(f'  -> {"SUCCESS" if success else "failed"}: {result.reason}', flush=True)
+                    episode = EpisodeResult(seed, task, instruction, success, result.chunks_executed * CHUNK_STEPS,
+                                            result.chunks_executed, log.latencies, log.tokens, log.flops_ratios,
+                                            log.fine_chunks * CHUNK_STEPS)
+                    results.append(episode)
+                report[method] = {'checkpoint': str(checkpoint), 'episodes': results}
+            processes.stop('vla_prune_node')
+    finally:
+        counts = client.close()
+        processes.stop()
+    gif_path = write_gif(frames, out_dir / 'episode.gif') if frames else None
+    if bag is not None and not quiet:
+        print(f'\nrecorded {sum(counts.values())} messages on {len(counts)} topics to {bag}')
+    return report, gif_path, bag
+
+
+def write_gif(frames: list, path: Path) -> Path:
+    from PIL import Image as PILImage
+    images = [PILImage.fromarray(f).resize((256, 256), PILImage.NEAREST) for f in frames[::2]]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=200, loop=0)
+    return path
+
+
+def default_plan(methods: list[str], checkpoint: Path) -> list[tuple[str, Path]]:
+    plan = []
+    for method in methods:
+        use = LIGHTVLA_POLICY if method.startswith('lightvla') and LIGHTVLA_POLICY.is_dir() \
+            and checkpoint == DEFAULT_POLICY else checkpoint
+        plan.append((method, use))
+    return plan
+
+
+def run_through_ros(args) -> dict:
+    """``vla-prune eval --through-ros``: the eval episodes through the node and the simulator."""
+    from .sim.env import TASK_KINDS
+    tasks = args.tasks.split(',') if args.tasks else list(TASK_KINDS)
+    episodes = [(tasks[i % len(tasks)], args.seed * 1000 + i) for i in range(args.episodes)]
+    out = Path(tempfile.mkdtemp(prefix='vla_prune_eval_'))
+    report, _, _ = run_episodes(default_plan(args.methods.split(','), Path(args.checkpoint)), episodes, out,
+                                record=False, gif=False, quiet=True)
+    return {'methods': {m: {'method': m, 'checkpoint': r['checkpoint'], **summarise(r['episodes'])}
+                        for m, r in report.items()},
+            'meta': {'command': 'vla-prune eval ' + ' '.join(args.argv), 'through_ros': True}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='vla-prune demo', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--methods', default='none,specprune,lightvla')
+    parser.add_argument('--checkpoint', default=str(DEFAULT_POLICY))
+    parser.add_argument('--out', default='runs/demo', help='logs, GIF and bag go here')
+    parser.add_argument('--no-record', action='store_true')
+    args = parser.parse_args(argv)
+    out = Path(args.out) / time.strftime('%Y%m%d-%H%M%S')
+    out.mkdir(parents=True, exist_ok=True)
+    print(f'vla_prune_ros demo: simulated arm + vla_prune_node over DDS (logs in {out})', flush=True)
+    plan = default_plan(args.methods.split(','), Path(args.checkpoint))
+    report, gif, bag = run_episodes(plan, list(DEMO_EPISODES), out, record=not args.no_record, gif=True)
+    print('\nsummary')
+    print(f"{'method':<14}{'episode':<44}{'result':<9}{'chunks':>7}{'latency ms':>12}{'tokens':>8}{'fine':>7}")
+    for method, data in report.items():
+        for e in data['episodes']:
+            print(f"{method:<14}{e.instruction[:42]:<44}{'success' if e.success else 'failed':<9}{e.inferences:>7}"
+                  f"{1000 * np.mean(e.latencies) if e.latencies else float('nan'):>12.1f}"
+                  f"{np.mean(e.tokens) if e.tokens else float('nan'):>8.0f}"
+                  f"{e.fine_steps / max(e.steps, 1):>7.0%}")
+    print(f"\n{'method':<14}{'success':>9}{'mean latency ms':>17}{'mean tokens':>13}{'FLOPs ratio':>13}")
+    for method, data in report.items():
+        s = summarise(data['episodes'])
+        print(f"{method:<14}{s['successes']:>5}/{s['episodes']:<3}{s['mean_latency_ms'] or float('nan'):>17.1f}"
+              f"{s['mean_tokens_kept'] or float('nan'):>13.0f}{s['flops_ratio'] or float('nan'):>13.2f}")
+    if gif:
+        print(f'\nGIF of the first episode: {gif}')
+    if bag:
+        print(f'bag: {bag}  (ros2 bag info {bag})')
+    return 0

@@ -1,0 +1,214 @@
+"""``vla-prune eval``: does pruning cost task success? Closed loop, same seeded scenes per method.
+
+Runs in-process for speed (the same policy, controller and kinematics code the node runs):
+per control step the measured end-effector velocity (pinocchio on the simulator's joint
+states) steps the coarse/fine controller; when the queued chunk is used up, or the controller
+switches coarse -> fine, the policy infers a new chunk. ``--through-ros`` runs the same
+episodes through ``vla_prune_node`` and ``vla_prune_sim`` over DDS instead (see ``demo``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .controller import CoarseFineController, ControllerConfig
+
+ASSETS = Path(__file__).resolve().parent / 'assets'
+DEFAULT_POLICY = ASSETS / 'policies' / 'default'
+LIGHTVLA_POLICY = ASSETS / 'policies' / 'lightvla'
+SIM_CONTROLLER = dict(fine_enter_speed=0.05, fine_exit_speed=0.1, min_dwell_time=0.3)
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval for a success rate."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class EpisodeResult:
+    seed: int
+    task: str
+    instruction: str
+    success: bool
+    steps: int
+    inferences: int
+    latencies: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    flops_ratios: list[float] = field(default_factory=list)
+    fine_steps: int = 0
+
+
+def run_episode(env, policy, kinematics, controller, task: str, seed: int, execute_steps: int,
+                frames_out: list | None = None) -> EpisodeResult:
+    obs = env.reset(task=task, seed=seed)
+    policy.reset()
+    controller.reset()
+    kinematics.reset()
+    result = EpisodeResult(seed, task, obs.instruction, False, 0, 0)
+    queue: list[np.ndarray] = []
+    cameras = policy.config.camera_names
+    for _ in range(env.max_steps):
+        velocity = kinematics.update(obs.joint_names, obs.joint_positions, obs.joint_velocities, obs.time)
+        decision = controller.step(velocity.linear if velocity.valid else None,
+                                   velocity.angular if velocity.valid else None, bool(queue), obs.time)
+        if decision.flush_queue:
+            queue.clear()
+        if not queue:
+            speed = velocity.linear_speed if velocity.valid else None
+            out = policy.infer([obs.images[c] for c in cameras], obs.proprio, obs.instruction,
+                               mode=decision.mode, ee_speed=speed)
+            if not np.all(np.isfinite(out.actions)):
+                break    # never execute a non-finite action: the episode fails
+            queue = list(env.clip_action(a) for a in out.actions[:execute_steps])
+            record = out.record
+            result.inferences += 1
+            result.latencies.append(record.timings['total'])
+            result.tokens.append(record.tokens_kept)
+            result.flops_ratios.append(record.flops / record.flops_unpruned)
+        result.fine_steps += int(decision.mode == 'fine')
+        if frames_out is not None:
+            frames_out.append(env.render_rgb('primary', 256))
+        obs = env.step(queue.pop(0))
+        result.steps += 1
+        if obs.success:
+            result.success = True
+            break
+    return result
+
+
+def summarise(results: list[EpisodeResult]) -> dict:
+    successes = sum(r.success for r in results)
+    low, high = wilson_interval(successes, len(results))
+    latencies = [x for r in results for x in r.latencies]
+    tokens = [x for r in results for x in r.tokens]
+    ratios = [x for r in results for x in r.flops_ratios]
+    steps = sum(r.steps for r in results)
+    return {'episodes': len(results), 'successes': successes, 'success_rate': successes / max(len(results), 1),
+            'success_ci95': [low, high], 'mean_latency_ms': 1000 * float(np.mean(latencies)) if latencies else None,
+            'mean_tokens_kept': float(np.mean(tokens)) if tokens else None,
+            'flops_ratio': float(np.mean(ratios)) if ratios else None,
+            'fine_mode_fraction': sum(r.fine_steps for r in results) / max(steps, 1),
+            'per_task': {task: float(np.mean([r.success for r in results if r.task == task]))
+                         for task in sorted({r.task for r in results})},
+            'failed_seeds': [r.seed for r in results if not r.success]}
+
+
+def parse_method(spec: str, default_checkpoint: Path) -> tuple[str, str, Path]:
+    """``specprune`` or ``lightvla=PATH``: (label, method, checkpoint). LightVLA methods default to the
+    LightVLA-fine-tuned policy when it is bundled."""
+    label, _, path = spec.partition('=')
+    method = label.split('@')[0]
+    if path:
+        return label, method, Path(path)
+    if method.startswith('lightvla') and LIGHTVLA_POLICY.is_dir() and default_checkpoint == DEFAULT_POLICY:
+        return label, method, LIGHTVLA_POLICY
+    return label, method, default_checkpoint
+
+
+def evaluate(args) -> dict:
+    from .kinematics import EndEffectorVelocity
+    from .policy import VLAPolicy
+    from .sim.env import TASK_KINDS, TabletopEnv
+    tasks = args.tasks.split(',') if args.tasks else list(TASK_KINDS)
+    specs = [parse_method(m, Path(args.checkpoint)) for m in args.methods.split(',')]
+    env = TabletopEnv(image_size=args.image_size, seed=args.seed)
+    kinematics = EndEffectorVelocity(env.urdf_xml, env.tcp_frame, list(env.joint_names[:6]))
+    controller = CoarseFineController(ControllerConfig(**SIM_CONTROLLER))
+    episodes = [(tasks[i % len(tasks)], args.seed * 1000 + i) for i in range(args.episodes)]
+    report = {'methods': {}, 'meta': {'command': 'vla-prune eval ' + ' '.join(args.argv), 'seed': args.seed,
+                                      'episodes': args.episodes, 'tasks': tasks, 'date': time.strftime('%Y-%m-%d')}}
+    try:
+        for label, method, checkpoint in specs:
+            policy = VLAPolicy.from_checkpoint(checkpoint, device=args.device, method=method)
+            execute = args.execute_steps or policy.config.chunk_len
+            results = []
+            for task, seed in tqdm(episodes, desc=f'eval {label}', dynamic_ncols=True):
+                results.append(run_episode(env, policy, kinematics, controller, task, seed, execute))
+            report['methods'][label] = {'method': method, 'checkpoint': str(checkpoint), **summarise(results)}
+    finally:
+        env.close()
+    return report
+
+
+def table(report: dict) -> str:
+    lines = ['| method | success | 95 % CI | latency ms | tokens kept | FLOPs ratio | time in fine |',
+             '|---|---|---|---|---|---|---|']
+    for label, row in report['methods'].items():
+        low, high = row['success_ci95']
+        lines.append(f"| {label} | {row['successes']}/{row['episodes']} ({100 * row['success_rate']:.0f} %) | "
+                     f"{100 * low:.0f}–{100 * high:.0f} % | {row['mean_latency_ms']:.1f} | "
+                     f"{row['mean_tokens_kept']:.0f} | {row['flops_ratio']:.2f} | "
+                     f"{100 * row['fine_mode_fraction']:.0f} % |")
+    return '\n'.join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for label, row in report['methods'].items():
+        low, high = row['success_ci95']
+        rate = row['success_rate']
+        axis.errorbar(row['flops_ratio'], 100 * rate, yerr=[[100 * (rate - low)], [100 * (high - rate)]],
+                      fmt='o', capsize=4, label=label)
+    axis.set_xlabel('FLOPs relative to unpruned')
+    axis.set_ylabel('success rate (%)')
+    axis.set_xlim(0, 1.05)
+    axis.set_ylim(0, 105)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog='vla-prune eval', description=__doc__)
+    parser.add_argument('--methods', default='none,specprune,lightvla',
+                        help='comma-separated; METHOD=CHECKPOINT uses another checkpoint for that method')
+    parser.add_argument('--checkpoint', default=str(DEFAULT_POLICY))
+    parser.add_argument('--episodes', type=int, default=50)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--tasks', default='', help='comma-separated task kinds (default: all)')
+    parser.add_argument('--image-size', type=int, default=128)
+    parser.add_argument('--execute-steps', type=int, default=0, help='steps of each chunk executed (0 = all)')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--through-ros', action='store_true',
+                        help='run the episodes through vla_prune_node and vla_prune_sim over DDS')
+    parser.add_argument('--json', help='write results here (plus .md table and .png plot beside it)')
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[2:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    if args.through_ros:
+        from .demo import run_through_ros
+        report = run_through_ros(args)
+    else:
+        report = evaluate(args)
+    text = table(report)
+    print(text)
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        out.with_suffix('.md').write_text(f"`{report['meta']['command']}`\n\n{text}\n")
+        plot(report, out.with_suffix('.png'))
+        print(f'wrote {out}, {out.with_suffix(".md")}, {out.with_suffix(".png")}')
+    return 0

@@ -1,0 +1,141 @@
+"""``vla-prune replay BAG``: every method over the camera and joint-state messages of a recorded bag.
+
+Offline and in-process: at every ``--every``-th frame of the first camera the latest frame of
+each camera and the latest joint state make one observation; the measured end-effector
+velocity steps the coarse/fine controller as on the robot; each method infers on exactly the
+same observations. Reported per method against ``none``: action deviation (mean absolute, per
+dimension and overall, in the action's own units), tokens kept, FLOPs and latency. Run it on
+your own robot's bags before turning a method on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .evaluation import DEFAULT_POLICY, SIM_CONTROLLER
+
+SIM_CAMERAS = '/camera/primary/image_raw,/camera/wrist/image_raw'
+SIM_PROPRIO_JOINTS = ['finger_left_joint', 'finger_right_joint']
+
+
+def observations(bag: Path, camera_topics: list[str], joint_topic: str, every: int):
+    """Yield (stamp_s, [rgb per camera], joint name->position, joint name->velocity) and the URDF if recorded."""
+    from .image_conversion import image_fields_to_rgb
+    from .recording import read_bag
+    latest: dict[str, np.ndarray] = {}
+    joints = None
+    primary_count = 0
+    for topic, _, timestamp, msg in read_bag(bag, topics=camera_topics + [joint_topic]):
+        if topic == joint_topic:
+            joints = ({n: float(p) for n, p in zip(msg.name, msg.position)},
+                      {n: float(v) for n, v in zip(msg.name, msg.velocity)})
+            continue
+        latest[topic] = image_fields_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian,
+                                            msg.data)
+        if topic == camera_topics[0]:
+            primary_count += 1
+            if primary_count % every == 0 and joints is not None and len(latest) == len(camera_topics):
+                yield timestamp / 1e9, [latest[t] for t in camera_topics], joints[0], joints[1]
+
+
+def recorded_urdf(bag: Path) -> str | None:
+    from .recording import read_bag
+    for _, _, _, msg in read_bag(bag, topics=['/robot_description']):
+        return msg.data
+    return None
+
+
+def replay(args) -> dict:
+    from .controller import CoarseFineController, ControllerConfig
+    from .kinematics import EndEffectorVelocity
+    from .node import ProprioBuilder
+    from .policy import VLAPolicy
+    from .sim.env import URDF_PATH
+    bag = Path(args.bag)
+    cameras = args.camera_topics.split(',')
+    urdf = Path(args.urdf).read_text() if args.urdf else (recorded_urdf(bag) or URDF_PATH.read_text())
+    samples = list(observations(bag, cameras, args.joint_states_topic, args.every))
+    if not samples:
+        raise SystemExit(f'{bag}: no observations with all of {cameras} and {args.joint_states_topic}')
+    methods = args.methods.split(',')
+    if 'none' not in methods:
+        methods.insert(0, 'none')
+    base = VLAPolicy.from_checkpoint(args.checkpoint, device=args.device)
+    proprio = ProprioBuilder('ee_pose', base.config.proprio_dim, urdf, args.ee_frame, SIM_PROPRIO_JOINTS,
+                             (0.0, np.pi, 0.0))
+    velocity = EndEffectorVelocity(urdf, args.ee_frame)
+    controller = CoarseFineController(ControllerConfig(**SIM_CONTROLLER))
+    inputs = []
+    for stamp, frames, positions, velocities in samples:
+        names = list(positions)
+        estimate = velocity.update(names, [positions[n] for n in names],
+                                   [velocities.get(n, float('nan')) for n in names] if velocities else [], stamp)
+        decision = controller.step(estimate.linear if estimate.valid else None,
+                                   estimate.angular if estimate.valid else None, False, stamp)
+        inputs.append((frames, proprio.build(positions) if base.config.proprio_dim else None, decision.mode,
+                       estimate.linear_speed if estimate.valid else None))
+    policies = {m: base if m == 'none' else VLAPolicy(base.model, base.tokenizer, m) for m in methods}
+    outputs = {m: [] for m in methods}
+    for frames, state, mode, speed in tqdm(inputs, desc='replay', dynamic_ncols=True):
+        for method, policy in policies.items():
+            outputs[method].append(policy.infer(frames, state, args.instruction, mode=mode, ee_speed=speed))
+    reference = np.stack([o.actions for o in outputs['none']])
+    names = base.config.action_names
+    report = {'methods': {}, 'meta': {'command': 'vla-prune replay ' + ' '.join(args.argv), 'bag': str(bag),
+                                      'observations': len(inputs), 'instruction': args.instruction,
+                                      'date': time.strftime('%Y-%m-%d')}}
+    for method, outs in outputs.items():
+        actions = np.stack([o.actions for o in outs])
+        deviation = np.abs(actions - reference).mean(axis=(0, 1))
+        report['methods'][method] = {
+            'action_deviation': dict(zip(names, deviation.tolist())), 'action_deviation_mean': float(deviation.mean()),
+            'tokens_kept': float(np.mean([o.record.tokens_kept for o in outs])),
+            'flops_ratio': float(np.mean([o.record.flops / o.record.flops_unpruned for o in outs])),
+            'latency_ms': 1000 * float(np.median([o.record.timings['total'] for o in outs]))}
+    return report
+
+
+def table(report: dict) -> str:
+    rows = report['methods']
+    names = list(next(iter(rows.values()))['action_deviation'])
+    lines = ['| method | tokens kept | FLOPs ratio | latency ms | mean |action − none| | ' +
+             ' | '.join(names) + ' |', '|' + '---|' * (5 + len(names))]
+    for method, row in rows.items():
+        lines.append(f"| {method} | {row['tokens_kept']:.0f} | {row['flops_ratio']:.2f} | {row['latency_ms']:.1f} | "
+                     f"{row['action_deviation_mean']:.2e} | " +
+                     ' | '.join(f"{row['action_deviation'][n]:.1e}" for n in names) + ' |')
+    return '\n'.join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='vla-prune replay', description=__doc__)
+    parser.add_argument('bag')
+    parser.add_argument('--methods', default='none,specprune,lightvla')
+    parser.add_argument('--instruction', required=True, help='the instruction the recorded run was given')
+    parser.add_argument('--checkpoint', default=str(DEFAULT_POLICY))
+    parser.add_argument('--camera-topics', default=SIM_CAMERAS, help='comma-separated, model camera order')
+    parser.add_argument('--joint-states-topic', default='/joint_states')
+    parser.add_argument('--urdf', help='URDF file (default: /robot_description from the bag, else the sim arm)')
+    parser.add_argument('--ee-frame', default='tool0')
+    parser.add_argument('--every', type=int, default=8, help='infer at every N-th frame of the first camera')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--json', help='write the report here')
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[2:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    report = replay(args)
+    print(table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
