@@ -14,8 +14,7 @@ from collections import deque
 
 import numpy as np
 import rclpy
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -55,8 +54,7 @@ class SimNode(Node):
 
         self.create_subscription(ActionChunk, 'action_chunk', self.on_chunk, 10)
         self.create_service(ResetEpisode, 'reset_episode', self.on_reset)
-        # Physics runs on its own timer thread so service calls never stall it.
-        self.create_timer(self.control_dt, self.on_tick, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(self.control_dt, self.on_tick)
         self.get_logger().info(f'simulated arm ready: {self.env.instruction!r}')
 
     def on_chunk(self, msg: ActionChunk) -> None:
@@ -118,7 +116,9 @@ class SimNode(Node):
 def main(args=None) -> None:
     rclpy.init(args=args)
     node = SimNode()
-    executor = MultiThreadedExecutor(num_threads=2)
+    # One thread: MuJoCo's EGL context belongs to the thread that created it, and every
+    # callback here renders (the timer steps and publishes; a reset re-renders).
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         executor.spin()
