@@ -125,6 +125,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--cpu', action='store_true', help='force CPU even where CUDA exists')
     parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0 = leave as is)')
+    parser.add_argument('--max-minutes', type=float, default=0, help='stop early and save after this long (0 = off)')
     return parser
 
 
@@ -180,6 +181,9 @@ def train(args: argparse.Namespace) -> Path:
         if pruner is not None and step % 25 == 0:
             kept = pruner_kept_fraction(core, pruner, batch)
         progress.set_postfix(loss=f'{np.mean(losses[-50:]):.4f}', kept=f'{kept:.2f}')
+        if args.max_minutes and time.time() - started > 60 * args.max_minutes:
+            progress.write(f'time budget of {args.max_minutes} min reached at step {step + 1}; saving')
+            break
     accelerator.wait_for_everyone()
     out = Path(args.out)
     if accelerator.is_main_process:
@@ -192,7 +196,7 @@ def train(args: argparse.Namespace) -> Path:
                       str(out / f'pruner_{pruner.name}.safetensors'))
         record = {'command': 'vla-prune train ' + ' '.join(sys.argv[2:]) if len(sys.argv) > 2 else '',
                   'args': vars(args), 'final_loss': float(np.mean(losses[-100:])),
-                  'wall_time_s': round(time.time() - started, 1), 'episodes': len(episodes),
+                  'wall_time_s': round(time.time() - started, 1), 'steps_done': len(losses), 'episodes': len(episodes),
                   'transitions': len(batches)}
         (out / 'training_args.json').write_text(json.dumps(record, indent=2))
     return out

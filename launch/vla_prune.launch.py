@@ -1,0 +1,57 @@
+"""Launch vla_prune_node: ``ros2 launch vla_prune_ros vla_prune.launch.py method:=specprune checkpoint:=/path``.
+
+Thin on purpose: which files are merged and how is ``vla_prune_ros.node_config.resolve_launch_parameters``
+(unit-tested without ``launch``). Arguments:
+  method        none | specprune | lightvla | lightvla_star   (loads config/<method>.yaml)
+  checkpoint    checkpoint directory
+  config        extra params file merged last (optional)
+  robot_config  robot params file (default: config/sim_robot.yaml)
+  control_dt, max_input_age   overrides (empty: from the files)
+  record        true: also record the node's topics with ``ros2 bag record`` (MCAP)
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from vla_prune_ros.node_config import NODE_NAME, resolve_launch_parameters
+
+RECORDED_TOPICS = ['action_chunk', 'inference_stats', 'joint_states', 'task_done', '/diagnostics',
+                   'camera/primary/image_raw', 'camera/wrist/image_raw']
+
+
+def _node(context):
+    def arg(name):
+        return LaunchConfiguration(name).perform(context)
+
+    config_dir = os.path.join(get_package_share_directory('vla_prune_ros'), 'config')
+    parameters = resolve_launch_parameters(
+        arg('method'),
+        overrides={'checkpoint': arg('checkpoint'), 'control_dt': arg('control_dt'),
+                   'max_input_age': arg('max_input_age')},
+        config_files=[arg('robot_config'), arg('config')],
+        config_dir=config_dir)
+    return [Node(package='vla_prune_ros', executable='vla_prune_node', name=NODE_NAME, output='screen',
+                 parameters=[parameters])]
+
+
+def generate_launch_description():
+    config_dir = os.path.join(get_package_share_directory('vla_prune_ros'), 'config')
+    return LaunchDescription([
+        DeclareLaunchArgument('method', default_value='specprune',
+                              description='none | specprune | lightvla | lightvla_star'),
+        DeclareLaunchArgument('checkpoint', description='checkpoint directory'),
+        DeclareLaunchArgument('config', default_value='', description='extra params file, merged last'),
+        DeclareLaunchArgument('robot_config', default_value=os.path.join(config_dir, 'sim_robot.yaml'),
+                              description='robot params file'),
+        DeclareLaunchArgument('control_dt', default_value='', description='s between chunk steps (override)'),
+        DeclareLaunchArgument('max_input_age', default_value='', description='s before input is stale (override)'),
+        DeclareLaunchArgument('record', default_value='false', description='record the topics to a bag'),
+        OpaqueFunction(function=_node),
+        ExecuteProcess(cmd=['ros2', 'bag', 'record', '--storage', 'mcap', *RECORDED_TOPICS],
+                       output='screen', condition=IfCondition(LaunchConfiguration('record'))),
+    ])
