@@ -261,7 +261,7 @@ def test_resolve_urdf(tmp_path):
 def test_ee_pose_proprio_matches_the_simulator():
     """The node rebuilds the simulator's proprio (TCP xyz, continuous rotation vector, fingers) from joint
     positions with pinocchio; the simulator computes it with MuJoCo. They must agree."""
-    from vla_prune_ros.node import ProprioBuilder
+    from vla_prune_ros.kinematics import ProprioBuilder
     from vla_prune_ros.sim.env import TabletopEnv
     import mujoco
     values = sim_values()

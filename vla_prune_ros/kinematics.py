@@ -198,3 +198,77 @@ class EndEffectorVelocity:
     def _remember(self, pose: pin.SE3, stamp: float):
         self._previous_pose, self._previous_stamp = pose, stamp
         self.last_pose = pose
+
+
+def _quaternion_from_rotvec(rotvec) -> np.ndarray:
+    """(w, x, y, z) of a rotation vector."""
+    rotvec = np.asarray(rotvec, dtype=np.float64)
+    angle = float(np.linalg.norm(rotvec))
+    if angle < 1e-12:
+        return np.array([1.0, 0.0, 0.0, 0.0])
+    return np.concatenate([[math.cos(angle / 2)], math.sin(angle / 2) * rotvec / angle])
+
+
+class ProprioBuilder:
+    """The model's proprio vector from joint positions (see the ``proprio_source`` parameter).
+
+    ``ee_pose``: end-effector position and rotation vector in the URDF root frame (pinocchio
+    forward kinematics), then the positions of ``extra_joints``. The rotation vector comes from
+    the quaternion whose sign is nearest ``reference_rotvec``'s, as the simulator records it, so
+    it does not flip around a tool-down pose (angle pi). ``joint_positions``: the positions of
+    ``extra_joints``. ``zeros``: ``dim`` zeros.
+    """
+
+    def __init__(self, source: str, dim: int, urdf_xml: str = '', ee_frame: str = '',
+                 extra_joints=(), reference_rotvec=(0.0, 0.0, 0.0)):
+        self.source, self.dim, self.extra_joints = source, int(dim), list(extra_joints)
+        self.chain_joints: list[str] = []
+        if source == 'ee_pose':
+            import pinocchio as pin
+            if not urdf_xml:
+                raise ValueError("proprio_source 'ee_pose' needs robot_description or urdf_path")
+            try:
+                self._model = pin.buildModelFromXML(urdf_xml)
+            except Exception as error:  # noqa: BLE001 - pinocchio raises plain RuntimeErrors
+                raise ValueError(f'cannot parse the URDF ({error})') from None
+            if not self._model.existFrame(ee_frame):
+                raise ValueError(f"ee_frame '{ee_frame}' is not a frame of the URDF")
+            self._pin, self._data = pin, self._model.createData()
+            self._frame = self._model.getFrameId(ee_frame)
+            joint = self._model.frames[self._frame].parentJoint
+            while joint > 0:                       # the joints between the root and the frame
+                self.chain_joints.insert(0, self._model.names[joint])
+                joint = self._model.parents[joint]
+            self._reference = _quaternion_from_rotvec(reference_rotvec)
+            self._q0 = pin.neutral(self._model)
+
+    @property
+    def required_joints(self) -> list[str]:
+        return [] if self.source == 'zeros' else self.chain_joints + self.extra_joints
+
+    def ee_pose(self, positions: dict[str, float]) -> np.ndarray:
+        """Position (3) and rotation vector (3) of the end-effector frame."""
+        model, q = self._model, self._q0.copy()
+        for name in self.chain_joints:
+            joint = model.joints[model.getJointId(name)]
+            if joint.nq == 1:
+                q[joint.idx_q] = positions[name]
+            else:                                  # continuous joint: (cos, sin)
+                q[joint.idx_q:joint.idx_q + 2] = (math.cos(positions[name]), math.sin(positions[name]))
+        self._pin.framesForwardKinematics(model, self._data, q)
+        placement = self._data.oMf[self._frame]
+        x, y, z, w = self._pin.Quaternion(placement.rotation).coeffs()
+        quat = np.array([w, x, y, z])
+        if np.dot(quat, self._reference) < 0:
+            quat = -quat
+        sin_half = float(np.linalg.norm(quat[1:]))
+        rotvec = np.zeros(3) if sin_half < 1e-12 else quat[1:] / sin_half * 2.0 * math.atan2(sin_half, quat[0])
+        return np.concatenate([np.array(placement.translation, dtype=np.float64), rotvec])
+
+    def build(self, positions: dict[str, float]) -> np.ndarray:
+        if self.source == 'zeros':
+            return np.zeros(self.dim)
+        extra = np.array([positions[name] for name in self.extra_joints], dtype=np.float64)
+        if self.source == 'joint_positions':
+            return extra
+        return np.concatenate([self.ee_pose(positions), extra])

@@ -54,7 +54,7 @@ def recorded_urdf(bag: Path) -> str | None:
 def replay(args) -> dict:
     from .controller import CoarseFineController, ControllerConfig
     from .kinematics import EndEffectorVelocity
-    from .node import ProprioBuilder
+    from .kinematics import ProprioBuilder
     from .policy import VLAPolicy
     from .sim.env import URDF_PATH
     bag = Path(args.bag)
