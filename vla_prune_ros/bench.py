@@ -140,7 +140,7 @@ def summarise(samples: dict[str, list], config: VLAConfig) -> dict:
             'llm_ms': 1000 * median([r.timings['llm'] for r in records]),
             'pruning_ms': 1000 * median([r.timings['pruning'] for r in records]),
             'tokens_total': records[0].tokens_total,
-            'tokens_into_llm': median([r.tokens_kept for r in records]),
+            'tokens_into_llm': median([r.tokens_into_llm for r in records]),
             'visual_tokens_last_layer': median([r.visual_tokens_kept for r in records]),
             'mean_tokens_per_layer': median([float(np.mean(r.layer_tokens)) for r in records]),
             'layer_tokens': [median([r.layer_tokens[i] for r in records]) for i in range(len(records[0].layer_tokens))],

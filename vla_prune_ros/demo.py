@@ -130,12 +130,12 @@ class Client:
         chunk = len(log.latencies) + 1
         speed = f'{msg.ee_linear_speed:.3f} m/s' if msg.ee_velocity_valid else 'unknown'
         line = (f'  [{msg.method:<13}] chunk {chunk:>2}  mode={msg.controller_mode:<6} ee speed {speed:>11}  '
-                f'tokens {msg.layer_tokens[0] if msg.layer_tokens else msg.tokens_total:>3}/{msg.tokens_total}  '
+                f'tokens {msg.layer_tokens[0]:>3}->{msg.layer_tokens[-1]:>3} of {msg.tokens_total}  '
                 f'FLOPs {msg.flops / max(msg.flops_unpruned, 1):.2f}  latency {1000 * msg.total_time:6.1f} ms')
         print(line, flush=True)
         log.lines.append(line)
         log.latencies.append(msg.total_time)
-        log.tokens.append(msg.layer_tokens[0] if msg.layer_tokens else msg.tokens_total)
+        log.tokens.append(round(sum(msg.layer_tokens) / len(msg.layer_tokens)))
         log.flops_ratios.append(msg.flops / max(msg.flops_unpruned, 1))
         log.fine_chunks += int(msg.controller_mode == 'fine')
 

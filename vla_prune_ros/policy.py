@@ -25,7 +25,8 @@ class InferenceRecord:
     mode: str
     tokens_total: int
     visual_tokens_total: int
-    tokens_kept: int                    # tokens entering the first LLM layer
+    tokens_kept: int                    # mean tokens per LLM layer: what the LLM's cost scales with
+    tokens_into_llm: int                # tokens entering the first LLM layer
     visual_tokens_kept: int             # visual tokens entering the last LLM layer
     stages: list[tuple[str, int]]
     layer_tokens: list[int]
@@ -126,7 +127,8 @@ class VLAPolicy:
         layout = self.model.layout(ids.shape[1] - 1)
         record = InferenceRecord(
             method=self.method.name, mode=mode, tokens_total=full_length,
-            visual_tokens_total=config.num_visual_tokens, tokens_kept=trace.layer_tokens[0],
+            visual_tokens_total=config.num_visual_tokens, tokens_kept=round(sum(trace.layer_tokens) / len(trace.layer_tokens)),
+            tokens_into_llm=trace.layer_tokens[0],
             visual_tokens_kept=int(layout.is_visual(kept_positions).sum()),
             stages=step.stages, layer_tokens=trace.layer_tokens,
             flops=forward_flops(config, trace.layer_tokens).total,
