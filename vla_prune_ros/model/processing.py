@@ -62,14 +62,19 @@ def pixel_values(images: list[np.ndarray], config: VLAConfig) -> torch.Tensor:
     return torch.cat(channels, dim=0).unsqueeze(0)
 
 
-def normalize_proprio(proprio: np.ndarray, config: VLAConfig) -> np.ndarray:
-    """BOUNDS_Q99 normalisation to [-1, 1] where the mask is set (all dims when there is no mask)."""
-    stats = config.proprio_norm
-    proprio = np.asarray(proprio, dtype=np.float64)
-    if stats is None:
-        return proprio
+def _bounds(stats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """q01, q99 and the mask of BOUNDS_Q99 statistics (no mask: every dimension is normalised)."""
     q01, q99 = np.asarray(stats.q01), np.asarray(stats.q99)
     mask = np.ones_like(q01, dtype=bool) if stats.mask is None else np.asarray(stats.mask, dtype=bool)
+    return q01, q99, mask
+
+
+def normalize_proprio(proprio: np.ndarray, config: VLAConfig) -> np.ndarray:
+    """BOUNDS_Q99 normalisation to [-1, 1] where the mask is set (all dims when there is no mask)."""
+    proprio = np.asarray(proprio, dtype=np.float64)
+    if config.proprio_norm is None:
+        return proprio
+    q01, q99, mask = _bounds(config.proprio_norm)
     normalized = 2.0 * (proprio - q01) / (q99 - q01 + 1e-8) - 1.0
     # As OFT's inference: clip after choosing, so dims left unnormalised by the mask are clipped too.
     return np.clip(np.where(mask, normalized, proprio), -1.0, 1.0)
@@ -77,23 +82,19 @@ def normalize_proprio(proprio: np.ndarray, config: VLAConfig) -> np.ndarray:
 
 def unnormalize_actions(normalized: np.ndarray, config: VLAConfig) -> np.ndarray:
     """a = 0.5 (a_hat + 1)(q99 - q01 + 1e-8) + q01 where the mask is set."""
-    stats = config.action_norm
     normalized = np.asarray(normalized, dtype=np.float64)
-    if stats is None:
+    if config.action_norm is None:
         return normalized
-    q01, q99 = np.asarray(stats.q01), np.asarray(stats.q99)
-    mask = np.ones_like(q01, dtype=bool) if stats.mask is None else np.asarray(stats.mask, dtype=bool)
+    q01, q99, mask = _bounds(config.action_norm)
     return np.where(mask, 0.5 * (normalized + 1.0) * (q99 - q01 + 1e-8) + q01, normalized)
 
 
 def normalize_actions(actions: np.ndarray, config: VLAConfig) -> np.ndarray:
     """Inverse of ``unnormalize_actions`` (for training targets), clipped to [-1, 1]."""
-    stats = config.action_norm
     actions = np.asarray(actions, dtype=np.float64)
-    if stats is None:
+    if config.action_norm is None:
         return actions
-    q01, q99 = np.asarray(stats.q01), np.asarray(stats.q99)
-    mask = np.ones_like(q01, dtype=bool) if stats.mask is None else np.asarray(stats.mask, dtype=bool)
+    q01, q99, mask = _bounds(config.action_norm)
     return np.where(mask, np.clip(2.0 * (actions - q01) / (q99 - q01 + 1e-8) - 1.0, -1.0, 1.0), actions)
 
 
