@@ -255,6 +255,10 @@ def test_goal_storm_leaves_exactly_one_goal_then_cancel(system):
     [survivor] = running
     start = time.monotonic()
     assert client.wait_for_message(client.chunks, start, timeout=5.0), 'the surviving goal does not run'
+    # The client learns the goal's state from the status topic, which may lag under load.
+    deadline = time.monotonic() + 5.0
+    while survivor.status != GoalStatus.STATUS_EXECUTING and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert survivor.status == GoalStatus.STATUS_EXECUTING
     # Cancel it while it runs.
     client.wait_future(survivor.cancel_goal_async(), 5.0)
