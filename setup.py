@@ -17,6 +17,7 @@ setup(
         ('share/' + package_name + '/config', glob('config/*.yaml')),
     ],
     install_requires=['setuptools'],
+    extras_require={'test': ['pytest']},   # colcon test runs pytest when this names it
     zip_safe=False,
     maintainer='vla_prune_ros maintainers',
     maintainer_email='maintainers@vla-prune-ros.dev',
