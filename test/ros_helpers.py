@@ -246,6 +246,19 @@ class RosClient:
         assert self.action.wait_for_server(timeout_sec=timeout), 'run_instruction action server not up'
         assert self.parameters.wait_for_services(timeout_sec=timeout), 'parameter services not up'
 
+    def wait_inputs_flowing(self, timeout: float = 30.0) -> None:
+        """Wait until the node's /diagnostics report every input topic with a non-zero rate, so a
+        first goal never races the first frames on a loaded machine."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for array in reversed(self.diagnostics[-10:]):
+                rates = [float(kv.value) for status in array.status for kv in status.values
+                         if kv.key.endswith('rate_hz')]
+                if rates and all(rate > 0 for rate in rates):
+                    return
+            time.sleep(0.1)
+        raise AssertionError('the node never reported its inputs flowing on /diagnostics')
+
     # goals
     def send_goal(self, instruction: str, max_chunks: int = 0, timeout: float = 0.0, feedback: list | None = None):
         goal = self.RunInstruction.Goal(instruction=instruction, max_chunks=max_chunks)

@@ -43,6 +43,7 @@ def system(tmp_path_factory):
     client = RosClient(DOMAIN)
     try:
         client.wait_ready(90)
+        client.wait_inputs_flowing()
         assert node.wait_for('ready: method none', 30), node.lines
         yield client, publisher, node, load_config(checkpoint)
     finally:
