@@ -251,7 +251,7 @@ class RosClient:
         first goal never races the first frames on a loaded machine."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for array in reversed(self.diagnostics[-10:]):
+            for _, array in reversed(self.diagnostics[-10:]):
                 rates = [float(kv.value) for status in array.status for kv in status.values
                          if kv.key.endswith('rate_hz')]
                 if rates and all(rate > 0 for rate in rates):
