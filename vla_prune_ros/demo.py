@@ -28,7 +28,7 @@ import yaml
 from .evaluation import DEFAULT_POLICY, LIGHTVLA_POLICY, summarise, EpisodeResult, wilson_interval  # noqa: F401
 from .node_config import CONFIG_DIR, NODE_NAME, resolve_launch_parameters
 
-DEMO_EPISODES = (('touch', 3), ('push', 5))
+DEMO_EPISODES = (('touch', 6), ('push', 5))   # seeds as in `vla-prune eval`
 RECORDED_TOPICS = ['/action_chunk', '/inference_stats', '/joint_states', '/camera/primary/image_raw',
                    '/camera/wrist/image_raw', '/task_done', '/diagnostics', '/robot_description']
 CHUNK_STEPS = 8
@@ -72,7 +72,10 @@ class Processes:
 
 
 def node_params_file(checkpoint: Path, method: str, directory: Path) -> Path:
-    params = resolve_launch_parameters(method, {'checkpoint': str(checkpoint)}, [CONFIG_DIR / 'sim_robot.yaml'])
+    # A loaded 2-core machine can stall the simulator for a few hundred ms: wait for a fresh frame
+    # rather than abort the goal (a robot config may prefer 'abort').
+    params = resolve_launch_parameters(method, {'checkpoint': str(checkpoint), 'stale_input_policy': 'wait',
+                                                'wait_timeout': 2.0}, [CONFIG_DIR / 'sim_robot.yaml'])
     path = directory / f'params_{checkpoint.name}.yaml'
     path.write_text(yaml.safe_dump({NODE_NAME: {'ros__parameters': params}}))
     return path
