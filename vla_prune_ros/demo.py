@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .evaluation import DEFAULT_POLICY, LIGHTVLA_POLICY, summarise, EpisodeResult, wilson_interval  # noqa: F401
+from .evaluation import DEFAULT_POLICY, LIGHTVLA_POLICY, EpisodeResult, summarise
 from .node_config import CONFIG_DIR, NODE_NAME, resolve_launch_parameters
 
 DEMO_EPISODES = (('touch', 6), ('push', 5))   # seeds as in `vla-prune eval`

@@ -100,7 +100,6 @@ def merge_lora(model: VLAModel) -> VLAModel:
     for module in model.llm.modules():
         if hasattr(module, 'lora_A') and hasattr(module, 'base_layer'):
             module.merge()
-    from peft.tuners.lora import LoraModel  # noqa: F401  (ensures peft is importable)
     state = {k.replace('.base_layer', ''): v for k, v in model.state_dict().items() if 'lora_' not in k}
     plain = VLAModel(model.config)
     plain.load_state_dict(state)
