@@ -33,7 +33,9 @@ def system(tmp_path_factory):
     # The parameters as the launch file resolves them (none.yaml + sim_robot.yaml + arguments),
     # written as a params file the way a launch description hands them to the node.
     params = node_config.resolve_launch_parameters(
-        'none', {'checkpoint': str(checkpoint), 'control_dt': str(CONTROL_DT), 'max_input_age': '1.0'},
+        # Generous max_input_age: staleness is tested in test_node_bad_input; here a loaded CI
+        # machine stalling the node for a moment must not abort the goal under test.
+        'none', {'checkpoint': str(checkpoint), 'control_dt': str(CONTROL_DT), 'max_input_age': '3.0'},
         [SIM_ROBOT_YAML])
     params_file = directory / 'params.yaml'
     params_file.write_text(yaml.safe_dump({node_config.NODE_NAME: {'ros__parameters': params}}))
@@ -209,22 +211,27 @@ def test_still_arm_switches_the_controller_to_fine(system):
 
 def test_diagnostics_report_model_method_and_input_rates(system):
     client = system[0]
-    start = time.monotonic()
-    message = client.wait_for_message(client.diagnostics, start, timeout=3.0)
-    assert message is not None
-    statuses = {s.name: s for s in message.status}
+    # Published at 30 Hz; on a loaded 2-core machine the publisher or the node may briefly manage
+    # less, so the node's figure is compared with the rate this client receives the same camera
+    # at, over the next few diagnostics messages (1 Hz, 2 s windows), until they agree.
+    deadline = time.monotonic() + 8.0
+    while True:
+        start = time.monotonic()
+        message = client.wait_for_message(client.diagnostics, start, timeout=3.0)
+        assert message is not None
+        received = sum(1 for arrival in list(client.image_stamps.values()) if arrival > time.monotonic() - 2.0) / 2.0
+        statuses = {s.name: s for s in message.status}
+        inputs = {kv.key: kv.value for kv in statuses['vla_prune_node: inputs'].values}
+        reported = float(inputs['/camera/primary/image_raw rate_hz'])
+        if reported == pytest.approx(received, rel=0.35) or time.monotonic() > deadline:
+            break
+    assert received > 5.0
+    assert reported == pytest.approx(received, rel=0.35), inputs
+    for topic in ('/camera/primary/image_raw', '/camera/wrist/image_raw', '/joint_states'):
+        assert 5.0 < float(inputs[f'{topic} rate_hz']) < 45.0, inputs
     policy = {kv.key: kv.value for kv in statuses['vla_prune_node: policy'].values}
     assert policy['model_loaded'] == 'true' and policy['method'] == 'none'
     assert float(policy['chunk_period_ms']) == pytest.approx(system[3].chunk_len * CONTROL_DT * 1e3)
-    inputs = {kv.key: kv.value for kv in statuses['vla_prune_node: inputs'].values}
-    # Published at 30 Hz; on a loaded 2-core machine the publisher process itself may manage less,
-    # so the node's figure is checked against the rate this client receives the same camera at.
-    now = time.monotonic()
-    received = sum(1 for arrival in list(client.image_stamps.values()) if arrival > now - 2.0) / 2.0
-    assert received > 5.0
-    assert float(inputs['/camera/primary/image_raw rate_hz']) == pytest.approx(received, rel=0.35), inputs
-    for topic in ('/camera/primary/image_raw', '/camera/wrist/image_raw', '/joint_states'):
-        assert 5.0 < float(inputs[f'{topic} rate_hz']) < 45.0, inputs
     # An inference slower than the chunk it must cover is a warning.
     assert client.set_parameters({'control_dt': 0.001, 'execute_steps': 1}, atomically=True)[0].successful
     try:
