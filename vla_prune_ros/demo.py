@@ -216,8 +216,9 @@ def run_episodes(plan: list[tuple[str, Path]], episodes: list[tuple[str, int]], 
             by_checkpoint.setdefault(checkpoint, []).append(method)
         for checkpoint, methods in by_checkpoint.items():
             params = node_params_file(checkpoint, methods[0], out_dir)
-            processes.start('vla_prune_node', [sys.executable, '-m', 'vla_prune_ros.node', '--ros-args',
-                                               '--params-file', str(params)])
+            node_name = f'vla_prune_node_{checkpoint.name}'       # one log per policy node
+            processes.start(node_name, [sys.executable, '-m', 'vla_prune_ros.node', '--ros-args',
+                                        '--params-file', str(params)])
             client.wait_ready(processes)
             if client.recorder is not None and not client.recorder.recording:
                 client.recorder.start()
@@ -241,7 +242,7 @@ def run_episodes(plan: list[tuple[str, Path]], episodes: list[tuple[str, int]], 
                                             log.fine_chunks * CHUNK_STEPS)
                     results.append(episode)
                 report[method] = {'checkpoint': str(checkpoint), 'episodes': results}
-            processes.stop('vla_prune_node')
+            processes.stop(node_name)
     finally:
         counts = client.close()
         processes.stop()
