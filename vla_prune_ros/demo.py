@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .evaluation import DEFAULT_POLICY, LIGHTVLA_POLICY, EpisodeResult, summarise
+from .evaluation import DEFAULT_POLICY, EpisodeResult, parse_method, summarise
 from .node_config import CONFIG_DIR, NODE_NAME, resolve_launch_parameters
 
 DEMO_EPISODES = (('touch', 6), ('push', 5))   # seeds as in `vla-prune eval`
@@ -260,12 +260,8 @@ def write_gif(frames: list, path: Path) -> Path:
 
 
 def default_plan(methods: list[str], checkpoint: Path) -> list[tuple[str, Path]]:
-    plan = []
-    for method in methods:
-        use = LIGHTVLA_POLICY if method.startswith('lightvla') and LIGHTVLA_POLICY.is_dir() \
-            and checkpoint == DEFAULT_POLICY else checkpoint
-        plan.append((method, use))
-    return plan
+    """(method, checkpoint) per method, chosen as ``vla-prune eval`` chooses them."""
+    return [(method, path) for _, method, path in (parse_method(m, checkpoint) for m in methods)]
 
 
 def run_through_ros(args) -> dict:

@@ -12,7 +12,6 @@ attention is requested per call (``is_causal=False`` with no mask, or our own pa
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -427,9 +426,3 @@ class _Clock:
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def isqrt_grid(n: int) -> int:
-    side = int(math.isqrt(n))
-    assert side * side == n, n
-    return side
