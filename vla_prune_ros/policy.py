@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .model.checkpoint import load_checkpoint
-from .model.flops import forward_flops, sequence_length
+from .model.flops import forward_flops
 from .model.modeling_vla import ForwardTrace, VLAModel
 from .model.processing import normalize_proprio, pixel_values, prepare_image, prompt_ids, unnormalize_actions
 from .pruning import InferenceStep, create_method
@@ -122,14 +122,14 @@ class VLAPolicy:
         actions = unnormalize_actions(normalized, config)
         timings = {'preprocess': preprocess, **trace.timings, 'pruning': trace.pruning_time}
         timings['total'] = time.perf_counter() - start
-        full_length = sequence_length(config, ids.shape[1])
-        kept_positions = trace.kept_positions
         layout = self.model.layout(ids.shape[1] - 1)
+        full_length = layout.seq_len
         record = InferenceRecord(
             method=self.method.name, mode=mode, tokens_total=full_length,
-            visual_tokens_total=config.num_visual_tokens, tokens_kept=round(sum(trace.layer_tokens) / len(trace.layer_tokens)),
+            visual_tokens_total=config.num_visual_tokens,
+            tokens_kept=round(sum(trace.layer_tokens) / len(trace.layer_tokens)),
             tokens_into_llm=trace.layer_tokens[0],
-            visual_tokens_kept=int(layout.is_visual(kept_positions).sum()),
+            visual_tokens_kept=int(layout.is_visual(trace.kept_positions).sum()),
             stages=step.stages, layer_tokens=trace.layer_tokens,
             flops=forward_flops(config, trace.layer_tokens).total,
             flops_unpruned=forward_flops(config, [full_length] * len(trace.layer_tokens)).total,
