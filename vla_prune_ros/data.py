@@ -11,6 +11,8 @@ A dataset is a directory::
         instruction     ()     str
         success         ()     bool
         task, seed      ()     str, int
+        privileged      (T, K) float32   optional: simulator-only targets for training-only auxiliary
+                                         losses (``PRIVILEGED_NAMES``); never a policy input
 
 Any robot's data can be converted into this: one ``.npz`` per episode plus ``meta.json``.
 """
@@ -23,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 FORMAT = 'vla_prune_demos/1'
+# Target cube minus TCP (m), goal minus target cube in the table plane (m; zero where there is none).
+PRIVILEGED_NAMES = ('cube_dx', 'cube_dy', 'cube_dz', 'goal_dx', 'goal_dy')
 
 
 def write_meta(directory: Path, meta: dict) -> None:
@@ -43,14 +47,16 @@ def read_meta(directory: Path) -> dict:
 
 
 def write_episode(directory: Path, index: int, frames: dict[str, np.ndarray], proprio: np.ndarray,
-                  actions: np.ndarray, instruction: str, success: bool, task: str = '', seed: int = 0) -> Path:
+                  actions: np.ndarray, instruction: str, success: bool, task: str = '', seed: int = 0,
+                  privileged: np.ndarray | None = None) -> Path:
     episodes = Path(directory) / 'episodes'
     episodes.mkdir(parents=True, exist_ok=True)
     path = episodes / f'episode_{index:06d}.npz'
+    extra = {} if privileged is None else {'privileged': np.asarray(privileged, dtype=np.float32)}
     np.savez_compressed(path, **{name: np.asarray(array, dtype=np.uint8) for name, array in frames.items()},
                         proprio=np.asarray(proprio, dtype=np.float32), actions=np.asarray(actions, dtype=np.float32),
                         instruction=np.array(instruction), success=np.array(bool(success)), task=np.array(task),
-                        seed=np.array(int(seed)))
+                        seed=np.array(int(seed)), **extra)
     return path
 
 
@@ -61,6 +67,7 @@ class Episode:
     actions: np.ndarray
     instruction: str
     success: bool
+    privileged: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -75,7 +82,8 @@ def load_episodes(directory: Path, camera_names: list[str] | None = None, succes
         with np.load(path) as data:
             episode = Episode(frames={name: data[name] for name in cameras}, proprio=data['proprio'],
                               actions=data['actions'], instruction=str(data['instruction']),
-                              success=bool(data['success']))
+                              success=bool(data['success']),
+                              privileged=data['privileged'] if 'privileged' in data.files else None)
         if successful_only and not episode.success:
             continue
         episodes.append(episode)

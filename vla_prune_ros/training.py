@@ -5,6 +5,17 @@ Built on ``accelerate``: the same command runs on this CPU and on several GPUs
 (``accelerate launch -m vla_prune_ros.cli train ...``). L1 loss on normalised action chunks,
 optional LoRA on the LLM and ViT linear layers through ``peft`` (merged before saving),
 noise annealed linearly from 1 to 0 for LightVLA, checkpoints in the project's format.
+
+Training-only extras, none of which the saved policy contains:
+  --aux-weight  an auxiliary head regresses the demonstrations' privileged targets (where the target
+                cube and the goal are) from the read-out hidden states, so the vision and the LLM learn
+                to ground the instruction in the image early; dropped when saving.
+  --ema         an exponential moving average of the weights (``torch.optim.swa_utils``) is what gets
+                saved.
+  --bf16        CPU/GPU bf16 autocast.
+Every ``--checkpoint-minutes`` the full state (weights, EMA, optimiser, schedule, step, every RNG) is
+written to ``OUT/resume.pt``; running the same command again continues from it, so a run split
+across sittings ends where an unbroken one would.
 """
 from __future__ import annotations
 
@@ -57,6 +68,7 @@ class Batches:
         self.proprio = [normalize_proprio(e.proprio, config).astype(np.float32) for e in episodes]
         self.targets = [normalize_actions(e.actions, config).astype(np.float32) for e in episodes]
         self.prompts = [prompt_ids(tokenizer, e.instruction, config) for e in episodes]
+        self.privileged = [e.privileged for e in episodes] if all(e.privileged is not None for e in episodes) else None
         self.index = [(i, t) for i, e in enumerate(episodes) for t in range(len(e))]
 
     def __len__(self) -> int:
@@ -65,7 +77,7 @@ class Batches:
     def sample(self, batch_size: int, device) -> dict[str, torch.Tensor]:
         config, size = self.config, self.config.vision.image_size
         picks = self.rng.integers(0, len(self.index), size=batch_size)
-        pixels, proprio, targets, prompts = [], [], [], []
+        pixels, proprio, targets, prompts, privileged = [], [], [], [], []
         for pick in picks:
             episode, t = self.index[pick]
             frames = []
@@ -77,10 +89,36 @@ class Batches:
             proprio.append(self.proprio[episode][t])
             targets.append(action_chunk(self.targets[episode], t, config.chunk_len))
             prompts.append(self.prompts[episode])
+            if self.privileged is not None:
+                privileged.append(self.privileged[episode][t])
         ids, padding = pad_prompts(prompts, config)
-        return {'pixels': torch.stack(pixels).to(device), 'proprio': torch.tensor(np.stack(proprio)).to(device),
-                'ids': ids.to(device), 'padding': padding.to(device),
-                'targets': torch.tensor(np.stack(targets)).to(device)}
+        batch = {'pixels': torch.stack(pixels).to(device), 'proprio': torch.tensor(np.stack(proprio)).to(device),
+                 'ids': ids.to(device), 'padding': padding.to(device),
+                 'targets': torch.tensor(np.stack(targets)).to(device)}
+        if privileged:
+            batch['privileged'] = torch.tensor(np.stack(privileged) / PRIVILEGED_SCALE).to(device)
+        return batch
+
+    def rng_state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_rng_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+
+PRIVILEGED_SCALE = 0.1   # metres -> auxiliary target units (targets lie within about +-3)
+
+
+class AuxiliaryHead(torch.nn.Module):
+    """Training only: privileged targets from the mean read-out hidden state."""
+
+    def __init__(self, hidden_size: int, outputs: int):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.LayerNorm(hidden_size), torch.nn.Linear(hidden_size, 256),
+                                       torch.nn.GELU(), torch.nn.Linear(256, outputs))
+
+    def forward(self, readout: torch.Tensor) -> torch.Tensor:
+        return self.net(readout.float().mean(dim=1))
 
 
 def apply_lora(model: VLAModel, rank: int):
@@ -125,16 +163,24 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument('--cpu', action='store_true', help='force CPU even where CUDA exists')
     parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0 = leave as is)')
     parser.add_argument('--max-minutes', type=float, default=0, help='stop early and save after this long (0 = off)')
+    parser.add_argument('--aux-weight', type=float, default=0.0,
+                        help='weight of the training-only privileged-target loss (needs demos with privileged)')
+    parser.add_argument('--ema', type=float, default=0.0, help='EMA decay of the saved weights (0 = off)')
+    parser.add_argument('--bf16', action='store_true', help='bf16 autocast')
+    parser.add_argument('--checkpoint-minutes', type=float, default=5.0,
+                        help='write OUT/resume.pt this often; the same command resumes from it')
     return parser
 
 
 def train(args: argparse.Namespace) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    accelerator = Accelerator(cpu=args.cpu)
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision='bf16' if args.bf16 else 'no')
     set_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = Path(args.out)
     meta, episodes = load_episodes(Path(args.data), limit=args.max_episodes)
     if args.init:
         model, tokenizer = load_checkpoint(args.init)
@@ -153,40 +199,94 @@ def train(args: argparse.Namespace) -> Path:
     if args.lora_rank:
         model = apply_lora(model, args.lora_rank)
     batches = Batches(episodes, model.config, tokenizer, seed=args.seed + accelerator.process_index)
+    auxiliary = None
+    if args.aux_weight > 0:
+        if batches.privileged is None:
+            raise SystemExit(f'{args.data}: --aux-weight needs demonstrations with privileged targets')
+        auxiliary = AuxiliaryHead(model.hidden_size, batches.privileged[0].shape[1])
     parameters = [p for p in model.parameters() if p.requires_grad]
     extra = None
     if pruner is not None and pruner.name == 'lightvla_star':
         extra = pruner.ensure_queries(model.config.num_visual_tokens, model.hidden_size)
         parameters += list(extra.parameters())
+    if auxiliary is not None:
+        parameters += list(auxiliary.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(args.warmup, 1)) *
                                                  0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1.0))))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if auxiliary is not None:
+        model, auxiliary, optimizer = accelerator.prepare(model, auxiliary, optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)
-    progress = tqdm(range(args.steps), desc='train', disable=not accelerator.is_main_process, dynamic_ncols=True)
-    started, losses, kept = time.time(), [], float('nan')
+    ema = AveragedModel(core, multi_avg_fn=get_ema_multi_avg_fn(args.ema)) if args.ema > 0 else None
+    resume_path = out / 'resume.pt'
+    first_step, losses, wall_before = 0, [], 0.0
+    if resume_path.is_file():
+        state = torch.load(resume_path, map_location=accelerator.device, weights_only=False)
+        core.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        schedule.load_state_dict(state['schedule'])
+        for module, key in ((ema, 'ema'), (auxiliary and accelerator.unwrap_model(auxiliary), 'auxiliary'),
+                            (extra, 'extra')):
+            if module is not None:
+                module.load_state_dict(state[key])
+        batches.set_rng_state(state['batch_rng'])
+        torch.set_rng_state(state['torch_rng'])
+        first_step, losses, wall_before = state['step'], state['losses'], state['wall_time_s']
+        accelerator.print(f'resuming {out} at step {first_step}')
+
+    def save_resume_state(step: int) -> None:
+        if not accelerator.is_main_process:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        state = {'model': core.state_dict(), 'optimizer': optimizer.state_dict(), 'schedule': schedule.state_dict(),
+                 'batch_rng': batches.rng_state(), 'torch_rng': torch.get_rng_state(), 'step': step,
+                 'losses': losses, 'wall_time_s': wall_before + time.time() - started}
+        for module, key in ((ema, 'ema'), (auxiliary and accelerator.unwrap_model(auxiliary), 'auxiliary'),
+                            (extra, 'extra')):
+            if module is not None:
+                state[key] = module.state_dict()
+        torch.save(state, out / 'resume.pt.tmp')
+        (out / 'resume.pt.tmp').replace(resume_path)   # atomic: a kill mid-write leaves the old state
+
+    progress = tqdm(range(first_step, args.steps), desc='train', disable=not accelerator.is_main_process,
+                    dynamic_ncols=True, initial=first_step, total=args.steps)
+    started, last_save, kept, aux_loss = time.time(), time.time(), float('nan'), float('nan')
     for step in progress:
         if pruner is not None:
             pruner.set_noise_scale(1.0 - step / max(args.steps - 1, 1))   # annealed 1 -> 0
         batch = batches.sample(args.batch_size, accelerator.device)
-        predicted = model(batch['pixels'], batch['proprio'], batch['ids'], batch['padding'], pruner=pruner)
-        loss = torch.nn.functional.l1_loss(predicted, batch['targets'])
+        with accelerator.autocast():
+            predicted, readout = model(batch['pixels'], batch['proprio'], batch['ids'], batch['padding'],
+                                       pruner=pruner, return_readout=True)
+            loss = torch.nn.functional.l1_loss(predicted.float(), batch['targets'])
+            total = loss
+            if auxiliary is not None:
+                aux = torch.nn.functional.l1_loss(auxiliary(readout).float(), batch['privileged'])
+                total = loss + args.aux_weight * aux
+                aux_loss = aux.item()
         optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        accelerator.backward(total)
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
+        if ema is not None:
+            ema.update_parameters(core)
         losses.append(loss.item())
         if pruner is not None and step % 25 == 0:
             kept = pruner_kept_fraction(core, pruner, batch)
-        progress.set_postfix(loss=f'{np.mean(losses[-50:]):.4f}', kept=f'{kept:.2f}')
-        if args.max_minutes and time.time() - started > 60 * args.max_minutes:
+        progress.set_postfix(loss=f'{np.mean(losses[-50:]):.4f}', aux=f'{aux_loss:.3f}', kept=f'{kept:.2f}')
+        if args.max_minutes and wall_before + time.time() - started > 60 * args.max_minutes:
             progress.write(f'time budget of {args.max_minutes} min reached at step {step + 1}; saving')
             break
+        if args.checkpoint_minutes and time.time() - last_save > 60 * args.checkpoint_minutes:
+            save_resume_state(step + 1)
+            last_save = time.time()
     accelerator.wait_for_everyone()
-    out = Path(args.out)
     if accelerator.is_main_process:
-        final = merge_lora(core) if args.lora_rank else core
+        final = ema.module if ema is not None else core
+        final = merge_lora(final) if args.lora_rank else final
         final.eval()
         save_checkpoint(final, tokenizer, out, stats)
         if extra is not None:
@@ -195,9 +295,10 @@ def train(args: argparse.Namespace) -> Path:
                       str(out / f'pruner_{pruner.name}.safetensors'))
         record = {'command': 'vla-prune train ' + ' '.join(sys.argv[2:]) if len(sys.argv) > 2 else '',
                   'args': vars(args), 'final_loss': float(np.mean(losses[-100:])),
-                  'wall_time_s': round(time.time() - started, 1), 'steps_done': len(losses), 'episodes': len(episodes),
-                  'transitions': len(batches)}
+                  'wall_time_s': round(wall_before + time.time() - started, 1), 'steps_done': len(losses),
+                  'episodes': len(episodes), 'transitions': len(batches)}
         (out / 'training_args.json').write_text(json.dumps(record, indent=2))
+        resume_path.unlink(missing_ok=True)
     return out
 
 

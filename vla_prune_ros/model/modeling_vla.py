@@ -382,8 +382,10 @@ class VLAModel(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, proprio: torch.Tensor | None, prompt_ids: torch.Tensor,
                 prompt_padding: torch.Tensor | None = None, pruner=None, step=None,
-                trace: ForwardTrace | None = None) -> torch.Tensor:
-        """Normalised action chunk (B, chunk_len, action_dim).
+                trace: ForwardTrace | None = None, return_readout: bool = False):
+        """Normalised action chunk (B, chunk_len, action_dim); with ``return_readout`` also the
+        read-out hidden states (B, chunk_len * action_dim, hidden) the head decoded (for training-only
+        auxiliary heads).
 
         ``prompt_ids`` (B, prompt_len + 1): ids after BOS, readout token last. ``prompt_padding``
         (B, prompt_len + 1) is True at padding ids (training batches with prompts of mixed length).
@@ -401,7 +403,7 @@ class VLAModel(nn.Module):
         clock.lap('llm')
         actions = self.action_head(readout)
         clock.lap('head')
-        return actions
+        return (actions, readout) if return_readout else actions
 
 
 class _Clock:

@@ -1,4 +1,14 @@
-"""``vla-prune collect``: scripted-expert demonstrations in the on-disk format of ``vla_prune_ros.data``."""
+"""``vla-prune collect``: scripted-expert demonstrations in the on-disk format of ``vla_prune_ros.data``.
+
+Demonstrations are collected DART-style: the executed action is the expert's plus a slowly
+varying perturbation, while the recorded label is the expert's clean action at the perturbed
+state. The policy so sees states off the expert's path together with the expert's correction
+from there, which is what a closed-loop policy needs after its own small errors. Each episode
+draws its perturbation scale uniformly from [0, ``perturb_std``], so clean paths stay in the data.
+
+Each step also records privileged targets (``data.PRIVILEGED_NAMES``) for training-only
+auxiliary losses; the policy never sees them.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,20 +17,31 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..data import write_episode, write_meta
+from ..data import PRIVILEGED_NAMES, write_episode, write_meta
 from .env import ACTION_NAMES, CAMERA_NAMES, TASK_KINDS, TabletopEnv
 from .expert import ScriptedExpert
 
 POST_SUCCESS_STEPS = 3     # a few "hold still" steps teach the policy to stop once done
+PERTURB_CORRELATION = 0.7  # AR(1) coefficient of the per-step perturbation: drifts, not jitter
+
+
+def privileged_targets(env: TabletopEnv) -> np.ndarray:
+    """Target cube relative to the TCP (3) and the goal relative to the cube (2: pad for push, 0 for touch)."""
+    tcp = env.tcp_pose()[0]
+    cube = env.target_cube_position()
+    pad = env.target_pad_position()
+    goal = np.zeros(2) if pad is None else pad[:2] - cube[:2]
+    return np.concatenate([cube - tcp, goal]).astype(np.float32)
 
 
 def collect(out: Path, episodes: int, seed: int = 0, tasks: tuple[str, ...] = TASK_KINDS, image_size: int = 128,
-            noise_std: float = 0.0, control_dt: float = 0.1) -> dict:
+            noise_std: float = 0.0, control_dt: float = 0.1, perturb_std: float = 0.0) -> dict:
     out = Path(out)
     write_meta(out, {'camera_names': list(CAMERA_NAMES), 'action_names': list(ACTION_NAMES),
                      'control_dt': control_dt, 'image_size': image_size, 'proprio_dim': 8,
                      'action_dim': len(ACTION_NAMES), 'source': 'vla_prune_ros.sim scripted expert',
-                     'tasks': list(tasks), 'seed': seed})
+                     'tasks': list(tasks), 'seed': seed, 'perturb_std': perturb_std,
+                     'privileged_names': list(PRIVILEGED_NAMES)})
     env = TabletopEnv(image_size=image_size, control_dt=control_dt, seed=seed)
     expert = ScriptedExpert(env, noise_std=noise_std, seed=seed)
     successes = 0
@@ -30,8 +51,11 @@ def collect(out: Path, episodes: int, seed: int = 0, tasks: tuple[str, ...] = TA
             task = tasks[index % len(tasks)]
             obs = env.reset(task=task, seed=episode_seed)
             expert.reset(seed=episode_seed)
+            rng = np.random.default_rng(episode_seed + 1)
+            scale = rng.uniform(0.0, perturb_std)
+            perturbation = np.zeros(3)
             frames = {name: [] for name in CAMERA_NAMES}
-            proprio, actions = [], []
+            proprio, actions, privileged = [], [], []
             hold = POST_SUCCESS_STEPS
             for _ in range(env.max_steps):
                 action = env.clip_action(expert.act(obs))
@@ -39,14 +63,21 @@ def collect(out: Path, episodes: int, seed: int = 0, tasks: tuple[str, ...] = TA
                     frames[name].append(obs.images[name])
                 proprio.append(obs.proprio)
                 actions.append(action)
-                obs = env.step(action)
+                privileged.append(privileged_targets(env))
+                executed = action.copy()
+                if scale > 0 and not obs.success:
+                    perturbation = (PERTURB_CORRELATION * perturbation
+                                    + np.sqrt(1 - PERTURB_CORRELATION ** 2) * rng.normal(0.0, scale, 3))
+                    executed[:3] += perturbation
+                obs = env.step(env.clip_action(executed))
                 if obs.success:
                     hold -= 1
                     if hold < 0:
                         break
             successes += int(obs.success)
             write_episode(out, index, {k: np.stack(v) for k, v in frames.items()}, np.stack(proprio),
-                          np.stack(actions), env.instruction, obs.success, task, episode_seed)
+                          np.stack(actions), env.instruction, obs.success, task, episode_seed,
+                          privileged=np.stack(privileged))
     finally:
         env.close()
     return {'episodes': episodes, 'successes': successes}
@@ -59,13 +90,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--tasks', default=','.join(TASK_KINDS), help='comma-separated task kinds')
     parser.add_argument('--image-size', type=int, default=128)
-    parser.add_argument('--noise-std', type=float, default=0.0, help='expert action noise, for diversity')
+    parser.add_argument('--noise-std', type=float, default=0.0,
+                        help='expert action noise (m), recorded in the labels, for diversity')
+    parser.add_argument('--perturb-std', type=float, default=0.0,
+                        help='largest per-episode DART perturbation (m per step) of the executed action; '
+                             'labels stay the clean expert action')
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     summary = collect(Path(args.out), args.episodes, args.seed, tuple(args.tasks.split(',')), args.image_size,
-                      args.noise_std)
+                      args.noise_std, perturb_std=args.perturb_std)
     print(f"wrote {summary['episodes']} episodes to {args.out}; expert succeeded in {summary['successes']}")
     return 0
