@@ -146,7 +146,7 @@ def merge_lora(model: VLAModel) -> VLAModel:
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog='vla-prune train', description=__doc__)
-    parser.add_argument('--data', required=True, help='demonstration directory (see vla_prune_ros.data)')
+    parser.add_argument('--data', required=True, nargs='+', help='demonstration directories (see vla_prune_ros.data)')
     parser.add_argument('--out', required=True, help='checkpoint directory to write')
     parser.add_argument('--init', help='checkpoint to fine-tune; omit to train the sim-small preset from scratch')
     parser.add_argument('--method', default='none', choices=['none', 'lightvla', 'lightvla_star'],
@@ -181,7 +181,10 @@ def train(args: argparse.Namespace) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    meta, episodes = load_episodes(Path(args.data), limit=args.max_episodes)
+    meta, episodes = {}, []
+    for directory in args.data:
+        meta, more = load_episodes(Path(directory), limit=args.max_episodes)
+        episodes += more
     if args.init:
         model, tokenizer = load_checkpoint(args.init)
         stats = json.loads((Path(args.init) / 'dataset_statistics.json').read_text() or '{}')

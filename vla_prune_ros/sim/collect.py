@@ -6,6 +6,12 @@ state. The policy so sees states off the expert's path together with the expert'
 from there, which is what a closed-loop policy needs after its own small errors. Each episode
 draws its perturbation scale uniformly from [0, ``perturb_std``], so clean paths stay in the data.
 
+With ``--policy CKPT`` the episodes are DAgger-style instead: the policy drives the arm for a
+random number of steps (chunks executed whole, as in evaluation), then the expert takes over
+from wherever the policy left the arm and finishes the episode; only the expert's part is
+recorded. This adds the states a trained policy really reaches, labelled with the expert's way
+out of them.
+
 Each step also records privileged targets (``data.PRIVILEGED_NAMES``) for training-only
 auxiliary losses; the policy never sees them.
 """
@@ -34,14 +40,36 @@ def privileged_targets(env: TabletopEnv) -> np.ndarray:
     return np.concatenate([cube - tcp, goal]).astype(np.float32)
 
 
+def policy_prefix(env: TabletopEnv, policy, obs, steps: int):
+    """Let ``policy`` drive for ``steps`` control steps (whole chunks); returns the last observation."""
+    cameras = policy.config.camera_names
+    policy.reset()
+    queue = []
+    for _ in range(steps):
+        if not queue:
+            out = policy.infer([obs.images[c] for c in cameras], obs.proprio, obs.instruction, mode='fine')
+            if not np.all(np.isfinite(out.actions)):
+                break
+            queue = [env.clip_action(a) for a in out.actions]
+        obs = env.step(queue.pop(0))
+        if obs.success:
+            break
+    return obs
+
+
 def collect(out: Path, episodes: int, seed: int = 0, tasks: tuple[str, ...] = TASK_KINDS, image_size: int = 128,
-            noise_std: float = 0.0, control_dt: float = 0.1, perturb_std: float = 0.0) -> dict:
+            noise_std: float = 0.0, control_dt: float = 0.1, perturb_std: float = 0.0,
+            policy_checkpoint: str | None = None, takeover_fraction: float = 0.6) -> dict:
     out = Path(out)
     write_meta(out, {'camera_names': list(CAMERA_NAMES), 'action_names': list(ACTION_NAMES),
                      'control_dt': control_dt, 'image_size': image_size, 'proprio_dim': 8,
                      'action_dim': len(ACTION_NAMES), 'source': 'vla_prune_ros.sim scripted expert',
                      'tasks': list(tasks), 'seed': seed, 'perturb_std': perturb_std,
-                     'privileged_names': list(PRIVILEGED_NAMES)})
+                     'privileged_names': list(PRIVILEGED_NAMES), 'policy': policy_checkpoint})
+    policy = None
+    if policy_checkpoint:
+        from ..policy import VLAPolicy
+        policy = VLAPolicy.from_checkpoint(policy_checkpoint, device='cpu', method='none')
     env = TabletopEnv(image_size=image_size, control_dt=control_dt, seed=seed)
     expert = ScriptedExpert(env, noise_std=noise_std, seed=seed)
     successes = 0
@@ -50,14 +78,18 @@ def collect(out: Path, episodes: int, seed: int = 0, tasks: tuple[str, ...] = TA
             episode_seed = seed * 100_000 + index
             task = tasks[index % len(tasks)]
             obs = env.reset(task=task, seed=episode_seed)
-            expert.reset(seed=episode_seed)
             rng = np.random.default_rng(episode_seed + 1)
+            if policy is not None:
+                obs = policy_prefix(env, policy, obs, int(rng.integers(0, int(takeover_fraction * env.max_steps))))
+                if obs.success:
+                    continue     # nothing to correct
+            expert.reset(seed=episode_seed)
             scale = rng.uniform(0.0, perturb_std)
             perturbation = np.zeros(3)
             frames = {name: [] for name in CAMERA_NAMES}
             proprio, actions, privileged = [], [], []
             hold = POST_SUCCESS_STEPS
-            for _ in range(env.max_steps):
+            for _ in range(env.max_steps - env.step_count):
                 action = env.clip_action(expert.act(obs))
                 for name in CAMERA_NAMES:
                     frames[name].append(obs.images[name])
@@ -95,12 +127,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument('--perturb-std', type=float, default=0.0,
                         help='largest per-episode DART perturbation (m per step) of the executed action; '
                              'labels stay the clean expert action')
+    parser.add_argument('--policy', help='checkpoint that drives each episode before the expert takes over '
+                                         '(DAgger-style relabelling)')
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     summary = collect(Path(args.out), args.episodes, args.seed, tuple(args.tasks.split(',')), args.image_size,
-                      args.noise_std, perturb_std=args.perturb_std)
+                      args.noise_std, perturb_std=args.perturb_std, policy_checkpoint=args.policy)
     print(f"wrote {summary['episodes']} episodes to {args.out}; expert succeeded in {summary['successes']}")
     return 0
