@@ -25,7 +25,7 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
-            'vla_prune_node = vla_prune_ros.node:main',
+            'vla_prune_node = vla_prune_ros.node.server:main',
             'vla_prune_sim = vla_prune_ros.sim.sim_node:main',
             'vla-prune = vla_prune_ros.cli:main',
         ],

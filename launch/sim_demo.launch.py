@@ -14,7 +14,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from vla_prune_ros.evaluation import DEFAULT_POLICY
-from vla_prune_ros.node_config import NODE_NAME, resolve_launch_parameters
+from vla_prune_ros.parameters.table import NODE_NAME, resolve_launch_parameters
 
 
 def _nodes(context):

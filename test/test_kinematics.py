@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vla_prune_ros.kinematics import EndEffectorVelocity
+from vla_prune_ros.control.kinematics import EndEffectorVelocity
 from vla_prune_ros.sim.env import TabletopEnv
 from vla_prune_ros.sim.expert import ScriptedExpert
 

@@ -6,10 +6,10 @@ import pytest
 
 CORE_MODULES = ['vla_prune_ros.model', 'vla_prune_ros.model.checkpoint', 'vla_prune_ros.model.oft_checkpoint',
                 'vla_prune_ros.model.flops', 'vla_prune_ros.pruning.specprune', 'vla_prune_ros.pruning.lightvla',
-                'vla_prune_ros.pruning.lightvla_star', 'vla_prune_ros.policy', 'vla_prune_ros.controller',
-                'vla_prune_ros.kinematics', 'vla_prune_ros.image_conversion', 'vla_prune_ros.node_config',
-                'vla_prune_ros.data', 'vla_prune_ros.training', 'vla_prune_ros.sim.env',
-                'vla_prune_ros.evaluation', 'vla_prune_ros.bench']
+                'vla_prune_ros.pruning.lightvla_star', 'vla_prune_ros.policy', 'vla_prune_ros.control.controller',
+                'vla_prune_ros.control.kinematics', 'vla_prune_ros.data.images', 'vla_prune_ros.parameters.table',
+                'vla_prune_ros.data.demonstrations', 'vla_prune_ros.training', 'vla_prune_ros.sim.env',
+                'vla_prune_ros.evaluation', 'vla_prune_ros.benchmark']
 ROS_PACKAGES = ['rclpy', 'sensor_msgs', 'std_msgs', 'trajectory_msgs', 'diagnostic_msgs', 'vla_prune_interfaces']
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vla_prune_ros import node_config as nc
-from vla_prune_ros.controller import ControllerConfig
+from vla_prune_ros.parameters import table as nc
+from vla_prune_ros.control.controller import ControllerConfig
 from vla_prune_ros.pruning import METHODS, available_methods
 
 REPO = Path(__file__).resolve().parents[1]
@@ -261,7 +261,7 @@ def test_resolve_urdf(tmp_path):
 def test_ee_pose_proprio_matches_the_simulator():
     """The node rebuilds the simulator's proprio (TCP xyz, continuous rotation vector, fingers) from joint
     positions with pinocchio; the simulator computes it with MuJoCo. They must agree."""
-    from vla_prune_ros.kinematics import ProprioBuilder
+    from vla_prune_ros.control.kinematics import ProprioBuilder
     from vla_prune_ros.sim.env import TabletopEnv
     import mujoco
     values = sim_values()
@@ -288,7 +288,7 @@ def test_ee_pose_proprio_matches_the_simulator():
 
 
 def test_rate_meter_counts_recent_messages():
-    from vla_prune_ros.node import RateMeter
+    from vla_prune_ros.node.server import RateMeter
     meter = RateMeter(window=2.0)
     assert meter.rate(0.0) == 0.0
     for i in range(31):                        # 30 Hz for one second, just after startup

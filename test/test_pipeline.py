@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from vla_prune_ros.data import load_episodes, read_meta
+from vla_prune_ros.data.demonstrations import load_episodes, read_meta
 from vla_prune_ros.sim.collect import collect
 from vla_prune_ros.training import build_parser, train
 
@@ -42,9 +42,9 @@ def test_collect_train_load_and_run_an_episode(demos, tmp_path):
     record = json.loads((checkpoint / 'training_args.json').read_text())
     assert np.isfinite(record['final_loss']) and record['episodes'] == 2
 
-    from vla_prune_ros.controller import CoarseFineController
+    from vla_prune_ros.control.controller import CoarseFineController
     from vla_prune_ros.evaluation import run_episode
-    from vla_prune_ros.kinematics import EndEffectorVelocity
+    from vla_prune_ros.control.kinematics import EndEffectorVelocity
     from vla_prune_ros.policy import VLAPolicy
     from vla_prune_ros.sim.env import TabletopEnv
     policy = VLAPolicy.from_checkpoint(checkpoint, method='lightvla')
@@ -60,7 +60,7 @@ def test_replay_of_a_bag_recorded_from_the_simulator(tmp_path):
     """The simulator node publishes; this process records a real MCAP bag; replay compares methods."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from vla_prune_ros.recording import BagRecorder
+    from vla_prune_ros.data.rosbag import BagRecorder
     from vla_prune_ros.replay import build_parser as replay_parser
     from vla_prune_ros.replay import replay
     from model_fixtures import tiny_model_and_tokenizer

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from vla_prune_ros.controller import CoarseFineController, ControllerConfig
+from vla_prune_ros.control.controller import CoarseFineController, ControllerConfig
 from vla_prune_ros.evaluation import DEFAULT_POLICY, LIGHTVLA_POLICY, SIM_CONTROLLER, run_episode
-from vla_prune_ros.kinematics import EndEffectorVelocity
+from vla_prune_ros.control.kinematics import EndEffectorVelocity
 from vla_prune_ros.policy import VLAPolicy
 from vla_prune_ros.sim.env import TabletopEnv
 

@@ -14,12 +14,12 @@ import importlib
 import sys
 
 COMMANDS = {
-    'demo': ('vla_prune_ros.demo', 'main'),
-    'bench': ('vla_prune_ros.bench', 'main'),
+    'demo': ('vla_prune_ros.sim.ros_episodes', 'main'),
+    'bench': ('vla_prune_ros.benchmark', 'main'),
     'eval': ('vla_prune_ros.evaluation', 'main'),
     'collect': ('vla_prune_ros.sim.collect', 'main'),
     'train': ('vla_prune_ros.training', 'main'),
-    'record': ('vla_prune_ros.recording', 'record_main'),
+    'record': ('vla_prune_ros.data.rosbag', 'record_main'),
     'replay': ('vla_prune_ros.replay', 'main'),
 }
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .controller import CoarseFineController, ControllerConfig
+from .control.controller import CoarseFineController, ControllerConfig
 
 ASSETS = Path(__file__).resolve().parent / 'assets'
 DEFAULT_POLICY = ASSETS / 'policies' / 'default'
@@ -119,7 +119,7 @@ def parse_method(spec: str, default_checkpoint: Path) -> tuple[str, str, Path]:
 
 
 def evaluate(args) -> dict:
-    from .kinematics import EndEffectorVelocity
+    from .control.kinematics import EndEffectorVelocity
     from .policy import VLAPolicy
     from .sim.env import TASK_KINDS, TabletopEnv
     tasks = args.tasks.split(',') if args.tasks else list(TASK_KINDS)
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     if args.through_ros:
-        from .demo import run_through_ros
+        from .sim.ros_episodes import run_through_ros
         report = run_through_ros(args)
     else:
         report = evaluate(args)

@@ -26,8 +26,8 @@ SIM_PROPRIO_JOINTS = ['finger_left_joint', 'finger_right_joint']
 
 def observations(bag: Path, camera_topics: list[str], joint_topic: str, every: int):
     """Yield (stamp_s, [rgb per camera], joint name->position, joint name->velocity) and the URDF if recorded."""
-    from .image_conversion import image_fields_to_rgb
-    from .recording import read_bag
+    from .data.images import image_fields_to_rgb
+    from .data.rosbag import read_bag
     latest: dict[str, np.ndarray] = {}
     joints = None
     primary_count = 0
@@ -45,16 +45,15 @@ def observations(bag: Path, camera_topics: list[str], joint_topic: str, every: i
 
 
 def recorded_urdf(bag: Path) -> str | None:
-    from .recording import read_bag
+    from .data.rosbag import read_bag
     for _, _, _, msg in read_bag(bag, topics=['/robot_description']):
         return msg.data
     return None
 
 
 def replay(args) -> dict:
-    from .controller import CoarseFineController, ControllerConfig
-    from .kinematics import EndEffectorVelocity
-    from .kinematics import ProprioBuilder
+    from .control.controller import CoarseFineController, ControllerConfig
+    from .control.kinematics import EndEffectorVelocity, ProprioBuilder
     from .policy import VLAPolicy
     from .sim.env import URDF_PATH
     bag = Path(args.bag)

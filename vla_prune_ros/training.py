@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import action_chunk, dataset_statistics, load_episodes
+from .data.demonstrations import action_chunk, dataset_statistics, load_episodes
 from .model.checkpoint import load_checkpoint, save_checkpoint
 from .model.configuration_vla import OFT_PROMPT, BackboneConfig, NormStats, VisionConfig, VLAConfig
 from .model.modeling_vla import VLAModel

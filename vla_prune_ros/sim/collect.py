@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..data import write_episode, write_meta
+from ..data.demonstrations import write_episode, write_meta
 from .env import ACTION_NAMES, CAMERA_NAMES, TASK_KINDS, TabletopEnv
 from .expert import ScriptedExpert
 

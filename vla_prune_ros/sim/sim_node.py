@@ -23,7 +23,7 @@ from std_msgs.msg import Bool, String
 from vla_prune_interfaces.msg import ActionChunk
 from vla_prune_interfaces.srv import ResetEpisode
 
-from ..image_conversion import fill_image_msg
+from ..data.images import fill_image_msg
 from .env import ACTION_NAMES, CAMERA_NAMES, TASK_KINDS, TabletopEnv
 
 

@@ -34,7 +34,7 @@ METHOD_PREFIX = {'none': None, 'specprune': 'specprune', 'lightvla': 'lightvla',
 # The published defaults of each method, in config/ (LightVLA* uses LightVLA's file).
 METHOD_CONFIG_FILE = {'none': 'none.yaml', 'specprune': 'specprune.yaml', 'lightvla': 'lightvla.yaml',
                       'lightvla_star': 'lightvla.yaml'}
-CONFIG_DIR = Path(__file__).resolve().parent.parent / 'config'   # the source tree's config/
+CONFIG_DIR = Path(__file__).resolve().parents[2] / 'config'   # the source tree's config/
 PACKAGE_URL = 'package://vla_prune_ros/'
 
 TYPES = ('bool', 'integer', 'double', 'string', 'bool_array', 'integer_array', 'double_array', 'string_array')
@@ -195,7 +195,7 @@ _CONTROLLER_DESCRIPTIONS = {
 
 
 def _controller_specs() -> list[ParamSpec]:
-    from .controller import UNKNOWN_VELOCITY_MODES, ControllerConfig
+    from ..control.controller import UNKNOWN_VELOCITY_MODES, ControllerConfig
     specs = []
     for field in fields(ControllerConfig):
         name = f'controller.{field.name}'
@@ -288,7 +288,7 @@ class ModelInfo:
 
 def method_options(values: Mapping[str, Any], method: Optional[str] = None) -> dict[str, Any]:
     """The options dict ``create_method(method, **options)`` takes, from flattened parameters."""
-    from .pruning import METHODS, available_methods
+    from ..pruning import METHODS, available_methods
     method = values['method'] if method is None else method
     available_methods()
     if method not in METHODS:
@@ -310,7 +310,7 @@ def method_options(values: Mapping[str, Any], method: Optional[str] = None) -> d
 
 def controller_config(values: Mapping[str, Any]):
     """A ``ControllerConfig`` from the ``controller.*`` parameters; raises ParameterError."""
-    from .controller import ControllerConfig
+    from ..control.controller import ControllerConfig
     kwargs = {f.name: values[f'controller.{f.name}'] for f in fields(ControllerConfig)
               if f'controller.{f.name}' in values}
     try:
@@ -331,7 +331,7 @@ def validate(values: Mapping[str, Any], model: Optional[ModelInfo] = None) -> No
     full = {**defaults(), **values}
 
     # Every method's options, not only the active one's, so a later switch cannot fail.
-    from .pruning import METHODS
+    from ..pruning import METHODS
     for method in METHOD_NAMES:
         options = method_options(full, method)      # also registers every method
         method_class = METHODS[method]
@@ -406,7 +406,7 @@ def resolve_urdf(values: Mapping[str, Any]) -> str:
     if not path:
         return ''
     if path.startswith(PACKAGE_URL):
-        path = str(Path(__file__).resolve().parent / path[len(PACKAGE_URL):])
+        path = str(Path(__file__).resolve().parents[1] / path[len(PACKAGE_URL):])
     elif path.startswith('package://'):
         raise ParameterError(f'urdf_path: {path}: only {PACKAGE_URL} URLs are resolved; give a file path')
     try:

@@ -52,11 +52,11 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from vla_prune_interfaces.action import RunInstruction
 from vla_prune_interfaces.msg import ActionChunk, InferenceStats
 
-from . import node_config
-from .controller import CoarseFineController
-from .image_conversion import msg_to_rgb
-from .kinematics import ProprioBuilder
-from .node_config import NODE_NAME, ModelInfo, ParameterError
+from ..parameters import table as node_config
+from ..control.controller import CoarseFineController
+from ..data.images import msg_to_rgb
+from ..control.kinematics import ProprioBuilder
+from ..parameters.table import NODE_NAME, ModelInfo, ParameterError
 
 Result = RunInstruction.Result
 EXECUTOR_THREADS = 8          # sensors + diagnostics + parameter services + a running and a waiting goal
@@ -279,8 +279,8 @@ class VLAPruneNode(Node):
         return value
 
     def _load_policy(self):
-        from .model.checkpoint import CheckpointError
-        from .policy import VLAPolicy
+        from ..model.checkpoint import CheckpointError
+        from ..policy import VLAPolicy
         values = self._values
         method = values['method']
         try:
@@ -296,7 +296,7 @@ class VLAPruneNode(Node):
             self.get_logger().warning('no robot_description or urdf_path: the end-effector velocity is unknown '
                                       '(the controller acts per controller.unknown_velocity_mode)')
             return None
-        from .kinematics import EndEffectorVelocity
+        from ..control.kinematics import EndEffectorVelocity
         try:
             return EndEffectorVelocity(urdf, self._values['ee_frame'], self._values['joint_names'] or None,
                                        self._values['velocity_smoothing'])

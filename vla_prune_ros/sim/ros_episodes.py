@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .evaluation import DEFAULT_POLICY, EpisodeResult, parse_method, summarise
-from .node_config import CONFIG_DIR, NODE_NAME, resolve_launch_parameters
+from ..evaluation import DEFAULT_POLICY, EpisodeResult, parse_method, summarise
+from ..parameters.table import CONFIG_DIR, NODE_NAME, resolve_launch_parameters
 
 DEMO_EPISODES = (('touch', 6), ('push', 5))   # seeds as in `vla-prune eval`
 RECORDED_TOPICS = ['/action_chunk', '/inference_stats', '/joint_states', '/camera/primary/image_raw',
@@ -119,7 +119,7 @@ class Client:
         self.node.create_subscription(Image, 'camera/primary/image_raw', self._on_image, qos_profile_sensor_data)
         self.recorder = None
         if record_to is not None:
-            from .recording import BagRecorder
+            from ..data.rosbag import BagRecorder
             self.recorder = BagRecorder(self.node, record_to, topics=RECORDED_TOPICS, discovery_timeout=5.0)
         self.executor = MultiThreadedExecutor(num_threads=3)
         self.executor.add_node(self.node)
@@ -144,7 +144,7 @@ class Client:
 
     def _on_image(self, msg) -> None:
         if self.capture and self.gif_frames is not None:
-            from .image_conversion import msg_to_rgb
+            from ..data.images import msg_to_rgb
             self.gif_frames.append(msg_to_rgb(msg))
 
     def wait_ready(self, processes: Processes, timeout: float = 120.0) -> None:
@@ -266,7 +266,7 @@ def default_plan(methods: list[str], checkpoint: Path) -> list[tuple[str, Path]]
 
 def run_through_ros(args) -> dict:
     """``vla-prune eval --through-ros``: the eval episodes through the node and the simulator."""
-    from .sim.env import TASK_KINDS
+    from .env import TASK_KINDS
     tasks = args.tasks.split(',') if args.tasks else list(TASK_KINDS)
     episodes = [(tasks[i % len(tasks)], args.seed * 1000 + i) for i in range(args.episodes)]
     out = Path(tempfile.mkdtemp(prefix='vla_prune_eval_'))

@@ -35,7 +35,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 CUSTOM_INTERFACE_PACKAGES = ('vla_prune_interfaces',)
 STORAGE_PLUGINS = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
-_SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the repository, when running from source
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the repository, when running from source
 
 # ROS_DISTRO -> rosbags typestore; Kilted is what the PyPI wheels are.
 _DISTRO_STORES = {
