@@ -171,17 +171,17 @@ def test_method_config_files_publish_the_method_defaults(method):
 
 
 def test_sim_robot_config_matches_the_simulator():
-    from vla_prune_ros.sim import env
+    from vla_prune_ros.sim import env, scene
     values = nc.load_params_file(CONFIG / 'sim_robot.yaml')
     nc.validate({**nc.defaults(), **values}, MODEL)
     np.testing.assert_allclose(values['action_low'], env.ACTION_LOW)
     np.testing.assert_allclose(values['action_high'], env.ACTION_HIGH)
-    assert values['joint_names'] == list(env.ARM_JOINT_NAMES)
-    assert values['proprio_joint_names'] == list(env.FINGER_JOINT_NAMES)
-    assert values['ee_frame'] == env.TCP_FRAME
-    assert [topic.split('/')[1] for topic in values['camera_topics']] == list(env.CAMERA_NAMES)
+    assert values['joint_names'] == list(scene.ARM_JOINT_NAMES)
+    assert values['proprio_joint_names'] == list(scene.FINGER_JOINT_NAMES)
+    assert values['ee_frame'] == scene.TCP_FRAME
+    assert [topic.split('/')[1] for topic in values['camera_topics']] == list(scene.CAMERA_NAMES)
     assert nc.controller_config(values) == ControllerConfig()
-    assert nc.resolve_urdf(values) == env.URDF_PATH.read_text()
+    assert nc.resolve_urdf(values) == scene.URDF_PATH.read_text()
 
 
 def test_load_params_file_flattens_and_reports_bad_files(tmp_path):

@@ -60,7 +60,8 @@ def preset_config(name: str, attn_implementation: str = 'sdpa') -> VLAConfig:
 
 def frame_sequence(count: int, size: int, seed: int) -> tuple[list[list[np.ndarray]], list[float]]:
     """Consecutive frames of the simulated expert pushing a cube, one per chunk (8 control steps)."""
-    from .sim.env import CAMERA_NAMES, TabletopEnv
+    from .sim.env import TabletopEnv
+    from .sim.scene import CAMERA_NAMES
     from .sim.expert import ScriptedExpert
     frames, speeds = [], []
     with TabletopEnv(image_size=size, seed=seed) as env:

@@ -121,7 +121,8 @@ def parse_method(spec: str, default_checkpoint: Path) -> tuple[str, str, Path]:
 def evaluate(args) -> dict:
     from .control.kinematics import EndEffectorVelocity
     from .policy import VLAPolicy
-    from .sim.env import TASK_KINDS, TabletopEnv
+    from .sim.env import TabletopEnv
+    from .sim.tasks import TASK_KINDS
     tasks = args.tasks.split(',') if args.tasks else list(TASK_KINDS)
     specs = [parse_method(m, Path(args.checkpoint)) for m in args.methods.split(',')]
     env = TabletopEnv(image_size=args.image_size, seed=args.seed)

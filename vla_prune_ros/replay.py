@@ -55,7 +55,7 @@ def replay(args) -> dict:
     from .control.controller import CoarseFineController, ControllerConfig
     from .control.kinematics import EndEffectorVelocity, ProprioBuilder
     from .policy import VLAPolicy
-    from .sim.env import URDF_PATH
+    from .sim.scene import URDF_PATH
     bag = Path(args.bag)
     cameras = args.camera_topics.split(',')
     urdf = Path(args.urdf).read_text() if args.urdf else (recorded_urdf(bag) or URDF_PATH.read_text())

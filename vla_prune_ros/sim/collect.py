@@ -8,8 +8,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.demonstrations import write_episode, write_meta
-from .env import ACTION_NAMES, CAMERA_NAMES, TASK_KINDS, TabletopEnv
+from .env import ACTION_NAMES, TabletopEnv
 from .expert import ScriptedExpert
+from .scene import CAMERA_NAMES
+from .tasks import TASK_KINDS
 
 POST_SUCCESS_STEPS = 3     # a few "hold still" steps teach the policy to stop once done
 

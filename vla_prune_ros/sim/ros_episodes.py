@@ -266,7 +266,7 @@ def default_plan(methods: list[str], checkpoint: Path) -> list[tuple[str, Path]]
 
 def run_through_ros(args) -> dict:
     """``vla-prune eval --through-ros``: the eval episodes through the node and the simulator."""
-    from .env import TASK_KINDS
+    from .tasks import TASK_KINDS
     tasks = args.tasks.split(',') if args.tasks else list(TASK_KINDS)
     episodes = [(tasks[i % len(tasks)], args.seed * 1000 + i) for i in range(args.episodes)]
     out = Path(tempfile.mkdtemp(prefix='vla_prune_eval_'))

@@ -24,7 +24,9 @@ from vla_prune_interfaces.msg import ActionChunk
 from vla_prune_interfaces.srv import ResetEpisode
 
 from ..data.images import fill_image_msg
-from .env import ACTION_NAMES, CAMERA_NAMES, TASK_KINDS, TabletopEnv
+from .env import ACTION_NAMES, TabletopEnv
+from .scene import CAMERA_NAMES
+from .tasks import TASK_KINDS
 
 
 class SimNode(Node):
