@@ -18,7 +18,7 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from vla_prune_ros.parameters.table import NODE_NAME, resolve_launch_parameters
+from vla_prune_ros.parameters import NODE_NAME, resolve_launch_parameters
 
 RECORDED_TOPICS = ['action_chunk', 'inference_stats', 'joint_states', 'task_done', '/diagnostics',
                    'camera/primary/image_raw', 'camera/wrist/image_raw']

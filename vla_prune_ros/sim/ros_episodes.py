@@ -26,7 +26,8 @@ import numpy as np
 import yaml
 
 from ..evaluation import DEFAULT_POLICY, EpisodeResult, parse_method, summarise
-from ..parameters.table import CONFIG_DIR, NODE_NAME, resolve_launch_parameters
+from ..parameters import NODE_NAME, resolve_launch_parameters
+from ..paths import SIM_ROBOT_CONFIG
 
 DEMO_EPISODES = (('touch', 6), ('push', 5))   # seeds as in `vla-prune eval`
 RECORDED_TOPICS = ['/action_chunk', '/inference_stats', '/joint_states', '/camera/primary/image_raw',
@@ -75,7 +76,7 @@ def node_params_file(checkpoint: Path, method: str, directory: Path) -> Path:
     # A loaded 2-core machine can stall the simulator for a few hundred ms: wait for a fresh frame
     # rather than abort the goal (a robot config may prefer 'abort').
     params = resolve_launch_parameters(method, {'checkpoint': str(checkpoint), 'stale_input_policy': 'wait',
-                                                'wait_timeout': 2.0}, [CONFIG_DIR / 'sim_robot.yaml'])
+                                                'wait_timeout': 2.0}, [SIM_ROBOT_CONFIG])
     path = directory / f'params_{checkpoint.name}.yaml'
     path.write_text(yaml.safe_dump({NODE_NAME: {'ros__parameters': params}}))
     return path
