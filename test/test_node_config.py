@@ -122,6 +122,7 @@ def test_method_options_become_what_create_method_takes():
 # --- params files and the launch merge ----------------------------------------------------------------
 
 def test_sim_robot_config_matches_the_simulator():
+    from vla_prune_ros.paths import URDF_PATH
     from vla_prune_ros.sim import env, scene
     values = nc.load_params_file(CONFIG / 'sim_robot.yaml')
     nc.validate({**nc.defaults(), **values}, MODEL)
@@ -132,7 +133,7 @@ def test_sim_robot_config_matches_the_simulator():
     assert values['ee_frame'] == scene.TCP_FRAME
     assert [topic.split('/')[1] for topic in values['camera_topics']] == list(scene.CAMERA_NAMES)
     assert nc.controller_config(values) == ControllerConfig()
-    assert nc.resolve_urdf(values) == scene.URDF_PATH.read_text()
+    assert nc.resolve_urdf(values) == URDF_PATH.read_text()
 
 
 def test_load_params_file_flattens_and_reports_bad_files(tmp_path):

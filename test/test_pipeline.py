@@ -61,7 +61,8 @@ def test_replay_of_a_bag_recorded_from_the_simulator(tmp_path):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from vla_prune_ros.data.rosbag import BagRecorder
-    from vla_prune_ros.replay import build_parser as replay_parser
+    import argparse
+    from vla_prune_ros.commands.replay import add_arguments as replay_arguments
     from vla_prune_ros.replay import replay
     from model_fixtures import tiny_model_and_tokenizer
     from vla_prune_ros.model.checkpoint import save_checkpoint
@@ -90,9 +91,11 @@ def test_replay_of_a_bag_recorded_from_the_simulator(tmp_path):
         sim.wait(timeout=10)
     assert counts['/camera/primary/image_raw'] >= 10 and counts['/joint_states'] >= 10
 
-    args = replay_parser().parse_args([str(bag), '--methods', 'none,specprune,lightvla', '--checkpoint',
+    replay_parser = argparse.ArgumentParser()
+    replay_arguments(replay_parser)
+    args = replay_parser.parse_args([str(bag), '--methods', 'none,specprune,lightvla', '--checkpoint',
                                        str(checkpoint), '--instruction', 'touch the red cube', '--every', '4'])
-    args.argv = []
+    args.command = 'vla-prune replay'
     report = replay(args)
     rows = report['methods']
     assert report['meta']['observations'] >= 2

@@ -2,7 +2,7 @@
 
 A separate Python process publishes sensor_msgs/Image (best-effort, like a camera),
 sensor_msgs/JointState and vla_prune_interfaces/ActionChunk at 20 Hz over real DDS.
-We record it into MCAP in this process, and into sqlite3 with `record_main` in a
+We record it into MCAP in this process, and into sqlite3 with `vla-prune record` in a
 third process stopped by SIGINT, then read the bags back with rosbags and with
 rclpy's own deserializer.
 """
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from vla_prune_ros.data.images import image_fields_to_rgb
-from vla_prune_ros.data.rosbag import BagRecorder, find_msg_file, make_typestore, read_bag, record_main
+from vla_prune_ros.cli import main as vla_prune
+from vla_prune_ros.data.rosbag import BagRecorder, find_msg_file, make_typestore, read_bag
 
 DOMAIN_ID = 1 + os.getpid() % 100
 PREFIX = f'/test_recording_{os.getpid()}'
@@ -246,7 +247,7 @@ class LineReader:
 def test_record_main_sqlite3_stops_cleanly_on_sigint(publisher, tmp_path):
     bag = tmp_path / 'bag_sqlite'
     command = [sys.executable, '-c',
-               'import sys; from vla_prune_ros.data.rosbag import record_main; sys.exit(record_main(sys.argv[1:]))',
+               'import sys; from vla_prune_ros.cli import main; sys.exit(main(["record", *sys.argv[1:]]))',
                str(bag), '--topics', *TOPICS, '--storage', 'sqlite3', '--discovery-timeout', '20']
     process = subprocess.Popen(command, env=ros_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = LineReader(process.stdout)
@@ -281,10 +282,10 @@ def test_record_main_sqlite3_stops_cleanly_on_sigint(publisher, tmp_path):
 def test_record_main_argument_errors(tmp_path, capsys):
     existing = tmp_path / 'exists'
     existing.mkdir()
-    assert record_main([str(existing), '--topics', '/x']) == 1
+    assert vla_prune(['record', str(existing), '--topics', '/x']) == 1
     assert 'exists already' in capsys.readouterr().err
-    assert record_main([str(tmp_path / 'new'), '--storage', 'rosbag1']) == 2
-    assert record_main([str(tmp_path / 'new'), '--duration', '-1']) == 2
+    assert vla_prune(['record', str(tmp_path / 'new'), '--storage', 'rosbag1']) == 2
+    assert vla_prune(['record', str(tmp_path / 'new'), '--duration', '-1']) == 2
     assert not (tmp_path / 'new').exists()
 
 

@@ -15,9 +15,10 @@ import dataclasses
 import mujoco
 import numpy as np
 
+from ..paths import URDF_PATH
 from .scene import (ARM_JOINT_NAMES, ARM_KP, CAMERA_NAMES, COLOURS, CUBE_HALF, FINGER_JOINT_NAMES, FINGER_KP,
                     HOME_JOINT_GUESS, HOME_TCP_POSITION, HOME_TCP_ROTATION, NUM_CUBES, NUM_PADS, PAD_HALF,
-                    PAD_THICKNESS, TCP_FRAME, TCP_SITE, URDF_PATH, _yaw_quaternion, build_model,
+                    PAD_THICKNESS, TCP_FRAME, TCP_SITE, _yaw_quaternion, build_model,
                     quaternion_from_matrix, rotation_matrix_from_vector, rotation_vector_from_matrix,
                     rotation_vector_from_quaternion)
 from .tasks import (PUSH_MAX_CUBE_SPEED, TASK_KINDS, TASK_SECONDS, TOUCH_DISTANCE, TOUCH_HIT_SPEED,

@@ -6,14 +6,11 @@ the one pinocchio uses in ``vla_prune_ros.control.kinematics``); everything else
 """
 from __future__ import annotations
 
-import pathlib
 import xml.etree.ElementTree as ET
 
 import mujoco
 import numpy as np
 
-ASSETS_DIR = pathlib.Path(__file__).resolve().parents[1] / 'assets'
-URDF_PATH = ASSETS_DIR / 'arm.urdf'
 
 CAMERA_NAMES = ('primary', 'wrist')
 
