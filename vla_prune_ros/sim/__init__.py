@@ -11,14 +11,14 @@ import os
 os.environ.setdefault('MUJOCO_GL', 'egl')
 os.environ.setdefault('PYOPENGL_PLATFORM', 'egl')
 
-from vla_prune_ros.sim.env import ACTION_NAMES, Observation, TabletopEnv  # noqa: E402
+from vla_prune_ros.sim.env import ACTION_NAMES, SimObservation, TabletopEnv  # noqa: E402
 from vla_prune_ros.sim.expert import ScriptedExpert  # noqa: E402
 from vla_prune_ros.sim.tasks import TASK_KINDS, TaskSpec  # noqa: E402
 
 __all__ = [
     'ACTION_NAMES',
     'TASK_KINDS',
-    'Observation',
+    'SimObservation',
     'ScriptedExpert',
     'TabletopEnv',
     'TaskSpec',

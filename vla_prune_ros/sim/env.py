@@ -16,13 +16,11 @@ import mujoco
 import numpy as np
 
 from ..paths import URDF_PATH
-from .scene import (ARM_JOINT_NAMES, ARM_KP, CAMERA_NAMES, COLOURS, CUBE_HALF, FINGER_JOINT_NAMES, FINGER_KP,
-                    HOME_JOINT_GUESS, HOME_TCP_POSITION, HOME_TCP_ROTATION, NUM_CUBES, NUM_PADS, PAD_HALF,
-                    PAD_THICKNESS, TCP_FRAME, TCP_SITE, _yaw_quaternion, build_model,
+from .scene import (ARM_JOINT_NAMES, CAMERA_NAMES, COLOURS, CUBE_HALF, FINGER_JOINT_NAMES, HOME_JOINT_GUESS, HOME_TCP_POSITION, HOME_TCP_ROTATION, NUM_CUBES, NUM_PADS, PAD_HALF,
+                    PAD_THICKNESS, TCP_FRAME, TCP_SITE, _yaw_quaternion, build_model, set_servo_gains,
                     quaternion_from_matrix, rotation_matrix_from_vector, rotation_vector_from_matrix,
                     rotation_vector_from_quaternion)
-from .tasks import (PUSH_MAX_CUBE_SPEED, TASK_KINDS, TASK_SECONDS, TOUCH_DISTANCE, TOUCH_HIT_SPEED,
-                    TOUCH_MAX_DISPLACEMENT, TOUCH_MAX_SPEED, TaskSpec, sample_task)
+from .tasks import TASK_KINDS, TASK_SECONDS, TOUCH_HIT_SPEED, TaskSpec, sample_task, task_succeeded
 
 ACTION_NAMES = ('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper')
 
@@ -36,7 +34,7 @@ FINGER_OPEN = 0.04            # finger joint position when fully open (0 = close
 
 
 @dataclasses.dataclass
-class Observation:
+class SimObservation:
     images: dict[str, np.ndarray]       # camera name -> H x W x 3 uint8 RGB
     joint_names: list[str]
     joint_positions: np.ndarray          # float64, URDF joints (arm then fingers)
@@ -105,7 +103,8 @@ class TabletopEnv:
         self._jacr = np.zeros((3, m.nv))
 
         self.home_qpos = self._solve_home()
-        self._set_servo_gains()
+        self._feedforward_lead = set_servo_gains(self.model, self.home_qpos, self._arm_qpos, self._arm_dofs,
+                                                 self._dof_index[6:], self._arm_actuators, self._finger_actuators)
         self._reference_quat = quaternion_from_matrix(HOME_TCP_ROTATION)
 
         self.task: TaskSpec | None = None
@@ -122,27 +121,6 @@ class TabletopEnv:
         mujoco.mj_forward(self.model, self.data)
         q = self._inverse_kinematics(HOME_TCP_POSITION, HOME_TCP_ROTATION, iterations=100)
         return q
-
-    def _set_servo_gains(self):
-        """Position servos: kp per joint, kv for critical damping at home, velocity feed-forward."""
-        m = self.model
-        data = mujoco.MjData(m)
-        data.qpos[self._arm_qpos] = self.home_qpos
-        mujoco.mj_forward(m, data)
-        mass_matrix = np.zeros((m.nv, m.nv))
-        mujoco.mj_fullM(m, data, mass_matrix)
-        inertia = np.diag(mass_matrix)
-        for actuator, dof, kp in zip(self._arm_actuators, self._arm_dofs, ARM_KP):
-            kv = 2.0 * np.sqrt(kp * inertia[dof])
-            m.actuator_gainprm[actuator, 0] = kp
-            m.actuator_biasprm[actuator, 1:3] = (-kp, -kv)
-        for actuator, dof in zip(self._finger_actuators, self._dof_index[6:]):
-            kv = 2.0 * np.sqrt(FINGER_KP * inertia[dof])
-            m.actuator_biasprm[actuator, 2] = -kv
-        # Lead (s) that cancels the steady ramp lag of servo + joint damping: q = ctrl - lead * qdot.
-        kp = m.actuator_gainprm[self._arm_actuators, 0]
-        kv = -m.actuator_biasprm[self._arm_actuators, 2]
-        self._feedforward_lead = (kv + m.dof_damping[self._arm_dofs]) / kp
 
     def _renderer(self, height: int, width: int) -> mujoco.Renderer:
         key = (height, width)
@@ -162,7 +140,7 @@ class TabletopEnv:
     def instruction(self) -> str:
         return self.task.instruction if self.task else ''
 
-    def reset(self, task: str | None = None, seed: int | None = None) -> Observation:
+    def reset(self, task: str | None = None, seed: int | None = None) -> SimObservation:
         """New episode. Same (task, seed) => same scene; ``seed=None`` draws from the env's seed."""
         if seed is None:
             seed = int(self._seed_rng.integers(2**31))
@@ -200,7 +178,7 @@ class TabletopEnv:
             raise ValueError('action contains NaN or Inf')
         return np.clip(action, self.action_low, self.action_high)
 
-    def step(self, action) -> Observation:
+    def step(self, action) -> SimObservation:
         action = self.clip_action(action)
         m, d = self.model, self.data
         position, rotation = self.tcp_pose()
@@ -227,15 +205,20 @@ class TabletopEnv:
         self.step_count += 1
         return self.observe()
 
-    def observe(self) -> Observation:
+    @property
+    def touch_start(self) -> np.ndarray:
+        """Where the touch target stood at reset (a touch must not knock it away)."""
+        return self._touch_start
+
+    def observe(self) -> SimObservation:
         d = self.data
         linear, angular = self.tcp_velocity()
-        if not self._success and self._success_now(linear):
+        if not self._success and task_succeeded(self, linear):
             self._success = True
         images = {}
         if self.render_images:
             images = {name: self.render_rgb(name, self.image_size) for name in CAMERA_NAMES}
-        return Observation(
+        return SimObservation(
             images=images,
             joint_names=list(self.joint_names),
             joint_positions=d.qpos[self._qpos_index].astype(np.float64),
@@ -345,17 +328,6 @@ class TabletopEnv:
         offset = self.cube_position(cube_colour) - self.pad_position(pad_colour)
         on_table = offset[2] < CUBE_HALF + 0.01
         return bool(on_table and np.all(np.abs(offset[:2]) <= PAD_HALF))
-
-    def _success_now(self, tcp_linear_velocity: np.ndarray) -> bool:
-        task = self.task
-        if task.kind == 'touch':
-            close = (self.tcp_distance_to_cube(task.target_cube) <= TOUCH_DISTANCE
-                     or self.gripper_touches(task.target_cube))
-            gentle = float(np.linalg.norm(tcp_linear_velocity)) <= TOUCH_MAX_SPEED
-            moved = np.linalg.norm(self.cube_position(task.target_cube)[:2] - self._touch_start[:2])
-            return bool(close and gentle and moved <= TOUCH_MAX_DISPLACEMENT and not self.hard_hit)
-        stopped = float(np.linalg.norm(self.cube_velocity(task.target_cube))) <= PUSH_MAX_CUBE_SPEED
-        return bool(stopped and self.cube_on_pad(task.target_cube, task.target_pad))
 
     # ------------------------------------------------------------------ inverse kinematics
     def _inverse_kinematics(self, target_position, target_rotation, iterations: int | None = None):

@@ -206,3 +206,25 @@ def build_model(urdf_xml: str, physics_dt: float = 0.002, max_render_size: int =
         actuator.forcelimited = True
         actuator.forcerange = spec.joint(name).actfrcrange
     return spec.compile()
+
+
+def set_servo_gains(model: mujoco.MjModel, home_qpos, arm_qpos, arm_dofs, finger_dofs, arm_actuators,
+                    finger_actuators) -> np.ndarray:
+    """Position servos: kp per joint, kv for critical damping at home. Returns the velocity feed-forward
+    lead (s) per arm joint that cancels the steady ramp lag of servo + joint damping: q = ctrl - lead * qdot."""
+    data = mujoco.MjData(model)
+    data.qpos[arm_qpos] = home_qpos
+    mujoco.mj_forward(model, data)
+    mass_matrix = np.zeros((model.nv, model.nv))
+    mujoco.mj_fullM(model, data, mass_matrix)
+    inertia = np.diag(mass_matrix)
+    for actuator, dof, kp in zip(arm_actuators, arm_dofs, ARM_KP):
+        kv = 2.0 * np.sqrt(kp * inertia[dof])
+        model.actuator_gainprm[actuator, 0] = kp
+        model.actuator_biasprm[actuator, 1:3] = (-kp, -kv)
+    for actuator, dof in zip(finger_actuators, finger_dofs):
+        kv = 2.0 * np.sqrt(FINGER_KP * inertia[dof])
+        model.actuator_biasprm[actuator, 2] = -kv
+    kp = model.actuator_gainprm[arm_actuators, 0]
+    kv = -model.actuator_biasprm[arm_actuators, 2]
+    return (kv + model.dof_damping[arm_dofs]) / kp

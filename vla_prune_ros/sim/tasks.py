@@ -10,7 +10,7 @@ Tasks (language instruction + distractors):
   push:  "push the {colour} cube onto the {colour} pad". Success: the cube centre lies on the pad
          (inside its square), the cube is on the table and has (nearly) stopped, slower than
          ``PUSH_MAX_CUBE_SPEED``; pushing it across the pad at speed does not count.
-Success is latched: once reached in an episode, ``Observation.success`` stays True.
+Success is latched: once reached in an episode, ``SimObservation.success`` stays True.
 """
 from __future__ import annotations
 
@@ -112,3 +112,16 @@ def sample_task(rng: np.random.Generator, kind: str) -> TaskSpec:
             cube_colours=cube_colours, cube_positions=np.array(cubes), cube_yaws=np.array(yaws),
             pad_colours=pad_colours, pad_positions=np.array(pads))
     raise RuntimeError('could not sample a valid scene layout')
+
+
+def task_succeeded(env, tcp_linear_velocity: np.ndarray) -> bool:
+    """Whether ``env`` (a TabletopEnv) is in its task's success state right now (see the module docstring)."""
+    task = env.task
+    if task.kind == 'touch':
+        close = (env.tcp_distance_to_cube(task.target_cube) <= TOUCH_DISTANCE
+                 or env.gripper_touches(task.target_cube))
+        gentle = float(np.linalg.norm(tcp_linear_velocity)) <= TOUCH_MAX_SPEED
+        moved = np.linalg.norm(env.cube_position(task.target_cube)[:2] - env.touch_start[:2])
+        return bool(close and gentle and moved <= TOUCH_MAX_DISPLACEMENT and not env.hard_hit)
+    stopped = float(np.linalg.norm(env.cube_velocity(task.target_cube))) <= PUSH_MAX_CUBE_SPEED
+    return bool(stopped and env.cube_on_pad(task.target_cube, task.target_pad))
