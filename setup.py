@@ -1,13 +1,15 @@
 from glob import glob
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 package_name = 'vla_prune_ros'
 
 setup(
     name=package_name,
     version='0.1.0',
-    packages=find_packages(exclude=['test']),
+    # Namespace discovery also lists assets/ (policies, URDF: data, no __init__.py) as packages, so
+    # setuptools ships them as package data instead of warning that they would be ignored.
+    packages=find_namespace_packages(include=[package_name, package_name + '.*']),
     package_data={package_name: ['assets/*', 'assets/**/*']},
     include_package_data=True,
     data_files=[
@@ -25,7 +27,7 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
-            'vla_prune_node = vla_prune_ros.node:main',
+            'vla_prune_node = vla_prune_ros.node.server:main',
             'vla_prune_sim = vla_prune_ros.sim.sim_node:main',
             'vla-prune = vla_prune_ros.cli:main',
         ],

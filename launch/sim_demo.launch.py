@@ -13,8 +13,8 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from vla_prune_ros.evaluation import DEFAULT_POLICY
-from vla_prune_ros.node_config import NODE_NAME, resolve_launch_parameters
+from vla_prune_ros.paths import DEFAULT_POLICY
+from vla_prune_ros.parameters import NODE_NAME, resolve_launch_parameters
 
 
 def _nodes(context):

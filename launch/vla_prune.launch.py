@@ -1,13 +1,14 @@
 """Launch vla_prune_node: ``ros2 launch vla_prune_ros vla_prune.launch.py method:=specprune checkpoint:=/path``.
 
-Thin on purpose: which files are merged and how is ``vla_prune_ros.node_config.resolve_launch_parameters``
+Thin on purpose: which files are merged and how is ``vla_prune_ros.parameters.resolve_launch_parameters``
 (unit-tested without ``launch``). Arguments:
   method        none | specprune | lightvla | lightvla_star   (loads config/<method>.yaml)
   checkpoint    checkpoint directory
   config        extra params file merged last (optional)
   robot_config  robot params file (default: config/sim_robot.yaml)
   control_dt, max_input_age   overrides (empty: from the files)
-  record        true: also record the node's topics with ``ros2 bag record`` (MCAP)
+  record        true: also record the node's topics with ``ros2 bag record`` (MCAP; the topic list is
+                ``vla_prune_ros.parameters.recorded_topics``, as ``vla-prune demo`` records)
 """
 import os
 
@@ -18,10 +19,7 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from vla_prune_ros.node_config import NODE_NAME, resolve_launch_parameters
-
-RECORDED_TOPICS = ['action_chunk', 'inference_stats', 'joint_states', 'task_done', '/diagnostics',
-                   'camera/primary/image_raw', 'camera/wrist/image_raw']
+from vla_prune_ros.parameters import NODE_NAME, recorded_topics, resolve_launch_parameters
 
 
 def _node(context):
@@ -35,8 +33,11 @@ def _node(context):
                    'max_input_age': arg('max_input_age')},
         config_files=[arg('robot_config'), arg('config')],
         config_dir=config_dir)
+    # The recorded topics follow the resolved parameters (camera and joint topics of the robot config).
+    record = ExecuteProcess(cmd=['ros2', 'bag', 'record', '--storage', 'mcap', *recorded_topics(parameters)],
+                            output='screen', condition=IfCondition(LaunchConfiguration('record')))
     return [Node(package='vla_prune_ros', executable='vla_prune_node', name=NODE_NAME, output='screen',
-                 parameters=[parameters])]
+                 parameters=[parameters]), record]
 
 
 def generate_launch_description():
@@ -52,6 +53,4 @@ def generate_launch_description():
         DeclareLaunchArgument('max_input_age', default_value='', description='s before input is stale (override)'),
         DeclareLaunchArgument('record', default_value='false', description='record the topics to a bag'),
         OpaqueFunction(function=_node),
-        ExecuteProcess(cmd=['ros2', 'bag', 'record', '--storage', 'mcap', *RECORDED_TOPICS],
-                       output='screen', condition=IfCondition(LaunchConfiguration('record'))),
     ])

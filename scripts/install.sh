@@ -9,6 +9,9 @@ case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac
 PY="$VENV/bin/python"
 log() { printf '[install] %s\n' "$*"; }
 hash_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
+# pip without this machine's notices about local index directories that do not exist (its pip config,
+# not a problem of this install); real warnings and errors still show, and pip's exit status is kept.
+pip_install() { "$PY" -m pip install --quiet "$@" 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }; }
 
 if [ ! -x "$PY" ]; then
   log "creating venv $VENV"
@@ -19,8 +22,8 @@ fi
 req_hash=$(hash_of "$ROOT/requirements.txt")
 if [ "$(cat "$VENV/.vla_prune_requirements" 2>/dev/null)" != "$req_hash" ]; then
   log "installing Python dependencies (about 2 minutes on a fresh venv)"
-  "$PY" -m pip install --quiet --upgrade pip
-  "$PY" -m pip install --quiet -r "$ROOT/requirements.txt"
+  pip_install --upgrade pip
+  pip_install -r "$ROOT/requirements.txt"
   echo "$req_hash" > "$VENV/.vla_prune_requirements"
 else
   log "Python dependencies up to date"
@@ -58,7 +61,8 @@ fi
 pkg_hash=$(hash_of "$ROOT/setup.py" "$ROOT/setup.cfg" "$ROOT/package.xml")
 if [ "$(cat "$VENV/.vla_prune_package" 2>/dev/null)" != "$pkg_hash" ]; then
   log "installing vla_prune_ros (editable)"
-  "$PY" -m pip install --quiet --no-deps --no-build-isolation -e "$ROOT"
+  # setuptools announces how the editable install works as a warning ("Editable installation."); it is information.
+  PYTHONWARNINGS="ignore:Editable installation" pip_install --no-deps --no-build-isolation -e "$ROOT"
   echo "$pkg_hash" > "$VENV/.vla_prune_package"
 else
   log "vla_prune_ros up to date"

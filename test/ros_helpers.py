@@ -310,7 +310,7 @@ def _publisher_main(argv: list[str]) -> None:
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Bool
-    from vla_prune_ros.image_conversion import fill_image_msg
+    from vla_prune_ros.data.images import fill_image_msg
 
     parser = argparse.ArgumentParser()
     parser.add_argument('--rate', type=float, default=30.0)

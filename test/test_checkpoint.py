@@ -16,7 +16,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from model_fixtures import INSTRUCTIONS, example_inputs, tiny_config, tiny_model_and_tokenizer, tiny_tokenizer
 from vla_prune_ros.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from vla_prune_ros.model.oft_checkpoint import is_oft_checkpoint, load_oft_checkpoint
+from vla_prune_ros.model.checkpoint_files import is_oft_checkpoint
+from vla_prune_ros.model.oft_checkpoint import load_oft_checkpoint
 
 ATOL = 1e-5
 DINO, SIGLIP, LLM, HEADS, DEPTH, PATCH, IMAGE = 32, 24, 32, 2, 3, 14, 56

@@ -1,11 +1,11 @@
-"""Tests for vla_prune_ros.controller with synthetic end-effector velocity traces."""
+"""Tests for vla_prune_ros.control.controller with synthetic end-effector velocity traces."""
 import dataclasses
 import math
 
 import numpy as np
 import pytest
 
-from vla_prune_ros.controller import COARSE, FINE, CoarseFineController, ControllerConfig, ControllerDecision
+from vla_prune_ros.control.controller import COARSE, FINE, CoarseFineController, ControllerConfig, ControllerDecision
 
 STILL = (0.0, 0.0, 0.0)
 
@@ -340,7 +340,7 @@ def test_imports_without_rclpy_or_torch():
     import subprocess
     import sys
     script = ('import sys; sys.modules["rclpy"] = None; sys.modules["torch"] = None\n'
-              'from vla_prune_ros.controller import CoarseFineController\n'
+              'from vla_prune_ros.control.controller import CoarseFineController\n'
               'print(CoarseFineController().step(None, None, True, 0.0).mode)\n')
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

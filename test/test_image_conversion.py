@@ -1,4 +1,4 @@
-"""Tests for vla_prune_ros.image_conversion (sensor_msgs/Image <-> numpy RGB)."""
+"""Tests for vla_prune_ros.data.images (sensor_msgs/Image <-> numpy RGB)."""
 import array
 import sys
 import types
@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vla_prune_ros import image_conversion
-from vla_prune_ros.image_conversion import (
+from vla_prune_ros.data import images as image_conversion
+from vla_prune_ros.data.images import (
     ImageConversionError,
     SUPPORTED_ENCODINGS,
     fill_image_msg,
@@ -288,7 +288,7 @@ def test_cv_bridge_preferred_with_ros_distro_and_fallback_on_failure(monkeypatch
 def test_imports_without_rclpy():
     import subprocess
     script = ('import sys; sys.modules["rclpy"] = None; sys.modules["sensor_msgs"] = None\n'
-              'from vla_prune_ros.image_conversion import image_fields_to_rgb\n'
+              'from vla_prune_ros.data.images import image_fields_to_rgb\n'
               'print(image_fields_to_rgb("bgr8", 1, 1, 3, 0, bytes([1, 2, 3])).tolist())\n')
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

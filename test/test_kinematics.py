@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vla_prune_ros.kinematics import EndEffectorVelocity
+from vla_prune_ros.control.kinematics import EndEffectorVelocity
 from vla_prune_ros.sim.env import TabletopEnv
 from vla_prune_ros.sim.expert import ScriptedExpert
 
@@ -171,7 +171,7 @@ def test_smoothing_restarts_after_an_invalid_sample(trajectory):
 
 
 def test_from_file_and_continuous_joints(tmp_path):
-    from vla_prune_ros.sim.env import URDF_PATH
+    from vla_prune_ros.paths import URDF_PATH
     assert EndEffectorVelocity.from_file(URDF_PATH, 'tool0').chain_joint_names == ARM
     # A continuous joint is (cos, sin) in pinocchio; a tip 0.5 m out spins at 0.5 * omega.
     path = tmp_path / 'spinner.urdf'

@@ -1,16 +1,13 @@
-"""Tests for vla_prune_ros.node_config (no ROS): the parameter table against the core it
-configures, the checks the node's on_set_parameters_callback runs, the shipped params files,
-the launch merge, and the node's proprio builder against the simulator's own proprio."""
+"""Tests for vla_prune_ros.parameters (no ROS): the parameter table, the checks the node's
+on_set_parameters_callback runs, the shipped robot config, the launch merge, and the node's proprio builder against the simulator's own proprio."""
 import math
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from vla_prune_ros import node_config as nc
-from vla_prune_ros.controller import ControllerConfig
-from vla_prune_ros.pruning import METHODS, available_methods
+from vla_prune_ros import parameters as nc
+from vla_prune_ros.control.controller import ControllerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / 'config'
@@ -18,47 +15,11 @@ MODEL = nc.ModelInfo(action_dim=7, chunk_len=8, num_cameras=2, proprio_dim=8, ca
                      action_names=('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper'))
 
 
-def as_parameter(spec, value):
-    """A method option default as the node's parameter holds it."""
-    if value is None:
-        return spec.none_value
-    return list(value) if isinstance(value, tuple) else value
-
-
 def sim_values(**changes):
     return {**nc.defaults(), **nc.load_params_file(CONFIG / 'sim_robot.yaml'), 'checkpoint': '/ckpt', **changes}
 
 
-# --- the table matches the core ----------------------------------------------------------------
-
-@pytest.mark.parametrize('method', ['specprune', 'lightvla', 'lightvla_star'])
-def test_every_method_option_is_a_parameter_with_the_method_default(method):
-    available_methods()
-    prefix = nc.METHOD_PREFIX[method]
-    for option, default in METHODS[method].option_defaults().items():
-        spec = nc.PARAMETERS[f'{prefix}.{option}']
-        assert spec.default == as_parameter(spec, default), spec.name
-        assert nc.check_value(spec, spec.default) == '', spec.name
-        assert spec.description and not spec.read_only
-
-
-def test_no_parameter_names_an_option_no_method_has():
-    available_methods()
-    options = {f'{nc.METHOD_PREFIX[m]}.{o}' for m in nc.METHOD_NAMES if nc.METHOD_PREFIX[m]
-               for o in METHODS[m].option_defaults()}
-    prefixed = {name for name in nc.PARAMETERS if name.split('.')[0] in ('specprune', 'lightvla')}
-    assert prefixed == options
-    assert set(nc.METHOD_NAMES) == set(METHODS)
-
-
-def test_controller_parameters_are_the_controller_config_fields():
-    names = {f'controller.{f.name}': f.default for f in fields(ControllerConfig)}
-    specs = {name: spec for name, spec in nc.PARAMETERS.items() if name.startswith('controller.')}
-    assert set(specs) == set(names)
-    for name, spec in specs.items():
-        assert spec.default == names[name]
-    assert nc.controller_config(nc.defaults()) == ControllerConfig()
-
+# --- the table --------------------------------------------------------------------------------------
 
 def test_numeric_parameters_have_ranges_and_the_right_ones_are_read_only():
     for spec in nc.PARAMETERS.values():
@@ -155,33 +116,24 @@ def test_method_options_become_what_create_method_takes():
     for method in nc.METHOD_NAMES:
         created = create_method(method, **nc.method_options(values, method))
         assert created.name == method
-    assert create_method('specprune', **spec).options['topk_fine'] == (30, 20, 10)
+    assert create_method('specprune', **spec).options.topk_fine == (30, 20, 10)
 
 
 # --- params files and the launch merge ----------------------------------------------------------------
 
-@pytest.mark.parametrize('method', ['none', 'specprune', 'lightvla'])
-def test_method_config_files_publish_the_method_defaults(method):
-    values = nc.load_params_file(CONFIG / f'{method}.yaml')
-    assert values.pop('method') == method
-    prefix = nc.METHOD_PREFIX[method]
-    expected = {name: spec.default for name, spec in nc.PARAMETERS.items() if prefix and name.startswith(prefix + '.')}
-    assert values == expected
-    nc.validate({**nc.defaults(), **values, 'method': method})
-
-
 def test_sim_robot_config_matches_the_simulator():
-    from vla_prune_ros.sim import env
+    from vla_prune_ros.paths import URDF_PATH
+    from vla_prune_ros.sim import env, scene
     values = nc.load_params_file(CONFIG / 'sim_robot.yaml')
     nc.validate({**nc.defaults(), **values}, MODEL)
     np.testing.assert_allclose(values['action_low'], env.ACTION_LOW)
     np.testing.assert_allclose(values['action_high'], env.ACTION_HIGH)
-    assert values['joint_names'] == list(env.ARM_JOINT_NAMES)
-    assert values['proprio_joint_names'] == list(env.FINGER_JOINT_NAMES)
-    assert values['ee_frame'] == env.TCP_FRAME
-    assert [topic.split('/')[1] for topic in values['camera_topics']] == list(env.CAMERA_NAMES)
+    assert values['joint_names'] == list(scene.ARM_JOINT_NAMES)
+    assert values['proprio_joint_names'] == list(scene.FINGER_JOINT_NAMES)
+    assert values['ee_frame'] == scene.TCP_FRAME
+    assert [topic.split('/')[1] for topic in values['camera_topics']] == list(scene.CAMERA_NAMES)
     assert nc.controller_config(values) == ControllerConfig()
-    assert nc.resolve_urdf(values) == env.URDF_PATH.read_text()
+    assert nc.resolve_urdf(values) == URDF_PATH.read_text()
 
 
 def test_load_params_file_flattens_and_reports_bad_files(tmp_path):
@@ -261,7 +213,7 @@ def test_resolve_urdf(tmp_path):
 def test_ee_pose_proprio_matches_the_simulator():
     """The node rebuilds the simulator's proprio (TCP xyz, continuous rotation vector, fingers) from joint
     positions with pinocchio; the simulator computes it with MuJoCo. They must agree."""
-    from vla_prune_ros.kinematics import ProprioBuilder
+    from vla_prune_ros.control.kinematics import ProprioBuilder
     from vla_prune_ros.sim.env import TabletopEnv
     import mujoco
     values = sim_values()
@@ -288,7 +240,7 @@ def test_ee_pose_proprio_matches_the_simulator():
 
 
 def test_rate_meter_counts_recent_messages():
-    from vla_prune_ros.node import RateMeter
+    from vla_prune_ros.node.inputs import RateMeter
     meter = RateMeter(window=2.0)
     assert meter.rate(0.0) == 0.0
     for i in range(31):                        # 30 Hz for one second, just after startup

@@ -17,7 +17,7 @@ from diagnostic_msgs.msg import DiagnosticStatus
 
 from ros_helpers import (ARM_JOINTS, FINGER_JOINTS, FINGER_POSITION, HOME_JOINTS, JOINT1_SPEED, SIM_ROBOT_YAML,
                          RosClient, command, domain_id, make_checkpoint, start_node, start_publisher)
-from vla_prune_ros import node_config
+from vla_prune_ros import parameters as node_config
 from vla_prune_ros.model.checkpoint import load_config
 
 DOMAIN = domain_id(__name__)

@@ -1,4 +1,5 @@
 """collect -> train -> load -> closed-loop episode, and replay of a bag recorded from the live simulator."""
+import argparse
 import json
 import os
 import subprocess
@@ -8,9 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from vla_prune_ros.data import load_episodes, read_meta
+from vla_prune_ros.data.demonstrations import load_episodes, read_meta
+from vla_prune_ros.commands.train import add_arguments as train_arguments
 from vla_prune_ros.sim.collect import collect
-from vla_prune_ros.training import build_parser, train
+from vla_prune_ros.training import train
 
 
 @pytest.fixture(scope='module')
@@ -36,15 +38,17 @@ def test_collect_writes_the_documented_format(demos):
 def test_collect_train_load_and_run_an_episode(demos, tmp_path):
     out, _ = demos
     checkpoint = tmp_path / 'policy'
-    args = build_parser().parse_args(['--data', str(out), '--out', str(checkpoint), '--steps', '3',
+    parser = argparse.ArgumentParser()
+    train_arguments(parser)
+    args = parser.parse_args(['--data', str(out), '--out', str(checkpoint), '--steps', '3',
                                       '--batch-size', '4', '--method', 'lightvla', '--image-size', '56'])
     train(args)
     record = json.loads((checkpoint / 'training_args.json').read_text())
     assert np.isfinite(record['final_loss']) and record['episodes'] == 2
 
-    from vla_prune_ros.controller import CoarseFineController
+    from vla_prune_ros.control.controller import CoarseFineController
     from vla_prune_ros.evaluation import run_episode
-    from vla_prune_ros.kinematics import EndEffectorVelocity
+    from vla_prune_ros.control.kinematics import EndEffectorVelocity
     from vla_prune_ros.policy import VLAPolicy
     from vla_prune_ros.sim.env import TabletopEnv
     policy = VLAPolicy.from_checkpoint(checkpoint, method='lightvla')
@@ -60,8 +64,9 @@ def test_replay_of_a_bag_recorded_from_the_simulator(tmp_path):
     """The simulator node publishes; this process records a real MCAP bag; replay compares methods."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from vla_prune_ros.recording import BagRecorder
-    from vla_prune_ros.replay import build_parser as replay_parser
+    from vla_prune_ros.data.rosbag import BagRecorder
+    import argparse
+    from vla_prune_ros.commands.replay import add_arguments as replay_arguments
     from vla_prune_ros.replay import replay
     from model_fixtures import tiny_model_and_tokenizer
     from vla_prune_ros.model.checkpoint import save_checkpoint
@@ -90,9 +95,11 @@ def test_replay_of_a_bag_recorded_from_the_simulator(tmp_path):
         sim.wait(timeout=10)
     assert counts['/camera/primary/image_raw'] >= 10 and counts['/joint_states'] >= 10
 
-    args = replay_parser().parse_args([str(bag), '--methods', 'none,specprune,lightvla', '--checkpoint',
+    replay_parser = argparse.ArgumentParser()
+    replay_arguments(replay_parser)
+    args = replay_parser.parse_args([str(bag), '--methods', 'none,specprune,lightvla', '--checkpoint',
                                        str(checkpoint), '--instruction', 'touch the red cube', '--every', '4'])
-    args.argv = []
+    args.command = 'vla-prune replay'
     report = replay(args)
     rows = report['methods']
     assert report['meta']['observations'] >= 2

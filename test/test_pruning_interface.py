@@ -1,10 +1,14 @@
 """The pruning interface: the baseline is the unpruned model, every method drops only visual
 tokens, bad names and options fail loudly, and a new method is one class."""
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 import pytest
 import torch
 
 from model_fixtures import INSTRUCTIONS, random_frames, tiny_model_and_tokenizer
+from vla_prune_ros.options import Options, option
 from vla_prune_ros.model.processing import normalize_proprio, pixel_values, prepare_image, prompt_ids
 from vla_prune_ros.policy import VLAPolicy
 from vla_prune_ros.pruning import METHODS, PruneResult, PruningMethod, available_methods, create_method, register
@@ -130,32 +134,29 @@ def test_policy_rejects_bad_switches_and_keeps_its_method():
         method.update_options(dynamic_keep_ratio=2.0)
     with pytest.raises(ValueError, match='typo'):
         method.update_options(typo=1)
-    assert method.options['dynamic_keep_ratio'] == 0.8 and method.options['min_visual_tokens'] == 4
+    assert method.options.dynamic_keep_ratio == 0.8 and method.options.min_visual_tokens == 4
     method.update_options(min_visual_tokens=8)
-    assert method.options['min_visual_tokens'] == 8
+    assert method.options.min_visual_tokens == 8
 
 
 @pytest.fixture
 def every_other_patch():
     """A whole new method: one class, registered, no other file touched."""
 
+    @dataclass(frozen=True)
+    class EveryOtherPatchOptions(Options):
+        prefix: ClassVar[str] = 'every_other_patch'
+        stride: int = option(2, 'Keep every stride-th patch.', low=1, high=1024)
+
     @register
     class EveryOtherPatch(PruningMethod):
         """Keeps every ``stride``-th patch of each camera before layer 0."""
         name = 'every_other_patch'
-
-        @classmethod
-        def option_defaults(cls):
-            return dict(stride=2)
-
-        @classmethod
-        def validate_options(cls, options):
-            if options['stride'] < 1:
-                raise ValueError('every_other_patch.stride: must be >= 1')
+        options_class = EveryOtherPatchOptions
 
         def before_llm(self, hidden, positions, layout, step):
             offset = positions - layout.patch_start
-            keep = ~layout.is_visual(positions) | (offset % layout.patches_per_camera % self.options['stride'] == 0)
+            keep = ~layout.is_visual(positions) | (offset % layout.patches_per_camera % self.options.stride == 0)
             step.report('every_other_patch', int(keep.sum()))
             return PruneResult(keep=torch.nonzero(keep)[:, 0])
 

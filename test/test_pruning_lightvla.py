@@ -205,7 +205,7 @@ def test_uniform_noise_only_reaches_patches_within_its_scale():
 def test_noise_scale_is_annealed_through_set_noise_scale():
     method = create_method('lightvla')
     method.set_noise_scale(0.25)
-    assert method.options['noise_scale'] == 0.25
+    assert method.options.noise_scale == 0.25
     with pytest.raises(ValueError, match='noise_scale'):
         method.set_noise_scale(-1.0)
 

@@ -1,8 +1,8 @@
-"""Tests for vla_prune_ros.recording: real rosbag2 recording across two processes.
+"""Tests for vla_prune_ros.data.rosbag: real rosbag2 recording across two processes.
 
 A separate Python process publishes sensor_msgs/Image (best-effort, like a camera),
 sensor_msgs/JointState and vla_prune_interfaces/ActionChunk at 20 Hz over real DDS.
-We record it into MCAP in this process, and into sqlite3 with `record_main` in a
+We record it into MCAP in this process, and into sqlite3 with `vla-prune record` in a
 third process stopped by SIGINT, then read the bags back with rosbags and with
 rclpy's own deserializer.
 """
@@ -16,8 +16,9 @@ import time
 import numpy as np
 import pytest
 
-from vla_prune_ros.image_conversion import image_fields_to_rgb
-from vla_prune_ros.recording import BagRecorder, find_msg_file, make_typestore, read_bag, record_main
+from vla_prune_ros.data.images import image_fields_to_rgb
+from vla_prune_ros.cli import main as vla_prune
+from vla_prune_ros.data.rosbag import BagRecorder, find_msg_file, make_typestore, read_bag
 
 DOMAIN_ID = 1 + os.getpid() % 100
 PREFIX = f'/test_recording_{os.getpid()}'
@@ -34,7 +35,7 @@ import rclpy
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from vla_prune_interfaces.msg import ActionChunk
-from vla_prune_ros.image_conversion import fill_image_msg
+from vla_prune_ros.data.images import fill_image_msg
 
 prefix, lifetime, height, width = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 rclpy.init()
@@ -246,7 +247,7 @@ class LineReader:
 def test_record_main_sqlite3_stops_cleanly_on_sigint(publisher, tmp_path):
     bag = tmp_path / 'bag_sqlite'
     command = [sys.executable, '-c',
-               'import sys; from vla_prune_ros.recording import record_main; sys.exit(record_main(sys.argv[1:]))',
+               'import sys; from vla_prune_ros.cli import main; sys.exit(main(["record", *sys.argv[1:]]))',
                str(bag), '--topics', *TOPICS, '--storage', 'sqlite3', '--discovery-timeout', '20']
     process = subprocess.Popen(command, env=ros_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = LineReader(process.stdout)
@@ -281,10 +282,10 @@ def test_record_main_sqlite3_stops_cleanly_on_sigint(publisher, tmp_path):
 def test_record_main_argument_errors(tmp_path, capsys):
     existing = tmp_path / 'exists'
     existing.mkdir()
-    assert record_main([str(existing), '--topics', '/x']) == 1
+    assert vla_prune(['record', str(existing), '--topics', '/x']) == 1
     assert 'exists already' in capsys.readouterr().err
-    assert record_main([str(tmp_path / 'new'), '--storage', 'rosbag1']) == 2
-    assert record_main([str(tmp_path / 'new'), '--duration', '-1']) == 2
+    assert vla_prune(['record', str(tmp_path / 'new'), '--storage', 'rosbag1']) == 2
+    assert vla_prune(['record', str(tmp_path / 'new'), '--duration', '-1']) == 2
     assert not (tmp_path / 'new').exists()
 
 
@@ -307,7 +308,7 @@ def test_read_bag_without_rclpy(tmp_path):
     script = (
         'import sys\n'
         'sys.modules["rclpy"] = None  # any import of rclpy now fails\n'
-        'from vla_prune_ros.recording import read_bag\n'
+        'from vla_prune_ros.data.rosbag import read_bag\n'
         '[(topic, msgtype, stamp, msg)] = list(read_bag(sys.argv[1]))\n'
         'assert "rclpy" not in sys.modules or sys.modules["rclpy"] is None\n'
         'print(topic, msgtype, stamp, msg.sequence, msg.actions.tolist(), msg.header.frame_id)\n')

@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from vla_prune_ros.controller import CoarseFineController, ControllerConfig
-from vla_prune_ros.evaluation import DEFAULT_POLICY, LIGHTVLA_POLICY, SIM_CONTROLLER, run_episode
-from vla_prune_ros.kinematics import EndEffectorVelocity
+from vla_prune_ros.control.controller import CoarseFineController
+from vla_prune_ros.evaluation import run_episode, sim_controller_config
+from vla_prune_ros.paths import DEFAULT_POLICY, LIGHTVLA_POLICY
+from vla_prune_ros.control.kinematics import EndEffectorVelocity
 from vla_prune_ros.policy import VLAPolicy
 from vla_prune_ros.sim.env import TabletopEnv
 
@@ -28,6 +29,6 @@ def test_default_policy_completes_an_easy_episode():
     policy = VLAPolicy.from_checkpoint(DEFAULT_POLICY)
     with TabletopEnv() as env:
         kinematics = EndEffectorVelocity(env.urdf_xml, env.tcp_frame, [f'joint{i}' for i in range(1, 7)])
-        results = [run_episode(env, policy, kinematics, CoarseFineController(ControllerConfig(**SIM_CONTROLLER)),
+        results = [run_episode(env, policy, kinematics, CoarseFineController(sim_controller_config()),
                                'touch', seed, execute_steps=8) for seed in EASY_TOUCH_SEEDS]
     assert any(r.success for r in results), [(r.seed, r.steps) for r in results]

@@ -4,17 +4,10 @@ import re
 import numpy as np
 import pytest
 
-from vla_prune_ros.sim.env import (
-    ACTION_NAMES,
-    CUBE_HALF,
-    HOME_TCP_ROTATION,
-    MAX_ROTATION_STEP,
-    MAX_TRANSLATION_STEP,
-    TASK_KINDS,
-    TabletopEnv,
-    rotation_matrix_from_vector,
-    rotation_vector_from_matrix,
-)
+from vla_prune_ros.sim.env import ACTION_NAMES, MAX_ROTATION_STEP, MAX_TRANSLATION_STEP, TabletopEnv
+from vla_prune_ros.sim.scene import (CUBE_HALF, HOME_TCP_ROTATION, rotation_matrix_from_vector,
+                                     rotation_vector_from_matrix)
+from vla_prune_ros.sim.tasks import TASK_KINDS
 from vla_prune_ros.sim.expert import ScriptedExpert
 
 

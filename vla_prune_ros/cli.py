@@ -1,41 +1,36 @@
-"""``vla-prune``: the user's command line.
-
-    vla-prune demo      the simulated arm driven by the node, over DDS (README command 1)
-    vla-prune bench     same-run latency / tokens / FLOPs of every method against ``none``
-    vla-prune eval      closed-loop success per method on seeded simulated episodes
-    vla-prune collect   scripted-expert demonstrations
-    vla-prune train     fine-tune with LightVLA in the loop (accelerate; LoRA optional)
-    vla-prune record    record live topics to a rosbag2 (MCAP) without the ROS CLI
-    vla-prune replay    run every method over a recorded bag and compare with ``none``
-"""
+"""``vla-prune VERB ...``: the user's command line. Each verb is a module of ``vla_prune_ros.commands``."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
-COMMANDS = {
-    'demo': ('vla_prune_ros.demo', 'main'),
-    'bench': ('vla_prune_ros.bench', 'main'),
-    'eval': ('vla_prune_ros.evaluation', 'main'),
-    'collect': ('vla_prune_ros.sim.collect', 'main'),
-    'train': ('vla_prune_ros.training', 'main'),
-    'record': ('vla_prune_ros.recording', 'record_main'),
-    'replay': ('vla_prune_ros.replay', 'main'),
-}
+from .commands import VERBS
+
+
+def usage() -> str:
+    return 'usage: vla-prune VERB [options]\n\n' + '\n'.join(f'  {verb:<8}  {text}' for verb, text in VERBS.items())
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ('-h', '--help'):
-        print(__doc__.strip())
+        print(usage())
         return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"vla-prune: unknown command '{command}'; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"vla-prune: unknown command '{verb}'; choose one of {', '.join(VERBS)}", file=sys.stderr)
         return 2
-    module_name, function = COMMANDS[command]
-    module = importlib.import_module(module_name)
-    return int(getattr(module, function)(rest) or 0)
+    module = importlib.import_module(f'vla_prune_ros.commands.{verb}')
+    parser = argparse.ArgumentParser(prog=f'vla-prune {verb}', description=module.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    try:
+        args = parser.parse_args(rest)
+    except SystemExit as exit_request:     # --help or a usage error; argparse has printed why
+        return int(exit_request.code or 0)
+    args.argv = rest                       # the command as typed, for reports
+    return int(module.main(args) or 0)
 
 
 if __name__ == '__main__':

@@ -1,17 +1,14 @@
-"""``vla-prune eval``: does pruning cost task success? Closed loop, same seeded scenes per method.
+"""Closed-loop evaluation (``vla-prune eval``): does pruning cost task success? Same seeded scenes per method.
 
 Runs in-process for speed (the same policy, controller and kinematics code the node runs):
 per control step the measured end-effector velocity (pinocchio on the simulator's joint
 states) steps the coarse/fine controller; when the queued chunk is used up, or the controller
 switches coarse -> fine, the policy infers a new chunk. ``--through-ros`` runs the same
-episodes through ``vla_prune_node`` and ``vla_prune_sim`` over DDS instead (see ``demo``).
+episodes through ``vla_prune_node`` and ``vla_prune_sim`` over DDS instead (``sim.ros_episodes``).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +16,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .controller import CoarseFineController, ControllerConfig
+from .control.controller import CoarseFineController, ControllerConfig
+from .paths import DEFAULT_POLICY, LIGHTVLA_POLICY
 
-ASSETS = Path(__file__).resolve().parent / 'assets'
-DEFAULT_POLICY = ASSETS / 'policies' / 'default'
-LIGHTVLA_POLICY = ASSETS / 'policies' / 'lightvla'
-SIM_CONTROLLER = dict(fine_enter_speed=0.05, fine_exit_speed=0.1, min_dwell_time=0.3)
+
+def sim_controller_config() -> ControllerConfig:
+    """The controller thresholds of the simulated arm, as its robot config (config/sim_robot.yaml) sets them."""
+    from .parameters import controller_config, sim_robot_parameters
+    return controller_config(sim_robot_parameters())
+
+
+def episode_plan(tasks: list[str], episodes: int, seed: int) -> list[tuple[str, int]]:
+    """(task, seed) of each evaluation episode: tasks in turn, seeds from ``seed``."""
+    return [(tasks[i % len(tasks)], seed * 1000 + i) for i in range(episodes)]
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -119,16 +123,17 @@ def parse_method(spec: str, default_checkpoint: Path) -> tuple[str, str, Path]:
 
 
 def evaluate(args) -> dict:
-    from .kinematics import EndEffectorVelocity
+    from .control.kinematics import EndEffectorVelocity
     from .policy import VLAPolicy
-    from .sim.env import TASK_KINDS, TabletopEnv
+    from .sim.env import TabletopEnv
+    from .sim.tasks import TASK_KINDS
     tasks = args.tasks.split(',') if args.tasks else list(TASK_KINDS)
     specs = [parse_method(m, Path(args.checkpoint)) for m in args.methods.split(',')]
     env = TabletopEnv(image_size=args.image_size, seed=args.seed)
     kinematics = EndEffectorVelocity(env.urdf_xml, env.tcp_frame, list(env.joint_names[:6]))
-    controller = CoarseFineController(ControllerConfig(**SIM_CONTROLLER))
-    episodes = [(tasks[i % len(tasks)], args.seed * 1000 + i) for i in range(args.episodes)]
-    report = {'methods': {}, 'meta': {'command': 'vla-prune eval ' + ' '.join(args.argv), 'seed': args.seed,
+    controller = CoarseFineController(sim_controller_config())
+    episodes = episode_plan(tasks, args.episodes, args.seed)
+    report = {'methods': {}, 'meta': {'command': args.command, 'seed': args.seed,
                                       'episodes': args.episodes, 'tasks': tasks, 'date': time.strftime('%Y-%m-%d')}}
     try:
         for label, method, checkpoint in specs:
@@ -174,41 +179,3 @@ def plot(report: dict, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-
-
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog='vla-prune eval', description=__doc__)
-    parser.add_argument('--methods', default='none,specprune,lightvla',
-                        help='comma-separated; METHOD=CHECKPOINT uses another checkpoint for that method')
-    parser.add_argument('--checkpoint', default=str(DEFAULT_POLICY))
-    parser.add_argument('--episodes', type=int, default=50)
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--tasks', default='', help='comma-separated task kinds (default: all)')
-    parser.add_argument('--image-size', type=int, default=128)
-    parser.add_argument('--execute-steps', type=int, default=0, help='steps of each chunk executed (0 = all)')
-    parser.add_argument('--device', default='cpu')
-    parser.add_argument('--through-ros', action='store_true',
-                        help='run the episodes through vla_prune_node and vla_prune_sim over DDS')
-    parser.add_argument('--json', help='write results here (plus .md table and .png plot beside it)')
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[2:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv
-    if args.through_ros:
-        from .demo import run_through_ros
-        report = run_through_ros(args)
-    else:
-        report = evaluate(args)
-    text = table(report)
-    print(text)
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
-        out.with_suffix('.md').write_text(f"`{report['meta']['command']}`\n\n{text}\n")
-        plot(report, out.with_suffix('.png'))
-        print(f'wrote {out}, {out.with_suffix(".md")}, {out.with_suffix(".png")}')
-    return 0

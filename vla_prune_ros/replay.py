@@ -1,33 +1,32 @@
-"""``vla-prune replay BAG``: every method over the camera and joint-state messages of a recorded bag.
+"""Replay (``vla-prune replay BAG``): every method over the camera and joint-state messages of a recorded bag.
 
 Offline and in-process: at every ``--every``-th frame of the first camera the latest frame of
 each camera and the latest joint state make one observation; the measured end-effector
 velocity steps the coarse/fine controller as on the robot; each method infers on exactly the
-same observations. Reported per method against ``none``: action deviation (mean absolute, per
+same observations. Topics, URDF frame, proprio layout and controller thresholds come from the
+robot config (default: the simulated arm's ``config/sim_robot.yaml``). Reported per method against ``none``: action deviation (mean absolute, per
 dimension and overall, in the action's own units), tokens kept, FLOPs and latency. Run it on
 your own robot's bags before turning a method on.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from .evaluation import DEFAULT_POLICY, SIM_CONTROLLER
+from .parameters import controller_config, load_params_file
 
-SIM_CAMERAS = '/camera/primary/image_raw,/camera/wrist/image_raw'
-SIM_PROPRIO_JOINTS = ['finger_left_joint', 'finger_right_joint']
+
+def absolute(topic: str) -> str:
+    return '/' + topic.lstrip('/')
 
 
 def observations(bag: Path, camera_topics: list[str], joint_topic: str, every: int):
     """Yield (stamp_s, [rgb per camera], joint name->position, joint name->velocity) and the URDF if recorded."""
-    from .image_conversion import image_fields_to_rgb
-    from .recording import read_bag
+    from .data.images import image_fields_to_rgb
+    from .data.rosbag import read_bag
     latest: dict[str, np.ndarray] = {}
     joints = None
     primary_count = 0
@@ -45,32 +44,34 @@ def observations(bag: Path, camera_topics: list[str], joint_topic: str, every: i
 
 
 def recorded_urdf(bag: Path) -> str | None:
-    from .recording import read_bag
+    from .data.rosbag import read_bag
     for _, _, _, msg in read_bag(bag, topics=['/robot_description']):
         return msg.data
     return None
 
 
 def replay(args) -> dict:
-    from .controller import CoarseFineController, ControllerConfig
-    from .kinematics import EndEffectorVelocity
-    from .kinematics import ProprioBuilder
+    from .control.controller import CoarseFineController
+    from .control.kinematics import EndEffectorVelocity, ProprioBuilder
+    from .paths import URDF_PATH
     from .policy import VLAPolicy
-    from .sim.env import URDF_PATH
+    robot = load_params_file(args.robot_config)
     bag = Path(args.bag)
-    cameras = args.camera_topics.split(',')
+    cameras = args.camera_topics.split(',') if args.camera_topics else [absolute(t) for t in robot['camera_topics']]
+    joint_topic = args.joint_states_topic or absolute(robot['joint_states_topic'])
+    ee_frame = args.ee_frame or robot['ee_frame']
     urdf = Path(args.urdf).read_text() if args.urdf else (recorded_urdf(bag) or URDF_PATH.read_text())
-    samples = list(observations(bag, cameras, args.joint_states_topic, args.every))
+    samples = list(observations(bag, cameras, joint_topic, args.every))
     if not samples:
-        raise SystemExit(f'{bag}: no observations with all of {cameras} and {args.joint_states_topic}')
+        raise SystemExit(f'{bag}: no observations with all of {cameras} and {joint_topic}')
     methods = args.methods.split(',')
     if 'none' not in methods:
         methods.insert(0, 'none')
     base = VLAPolicy.from_checkpoint(args.checkpoint, device=args.device)
-    proprio = ProprioBuilder('ee_pose', base.config.proprio_dim, urdf, args.ee_frame, SIM_PROPRIO_JOINTS,
-                             (0.0, np.pi, 0.0))
-    velocity = EndEffectorVelocity(urdf, args.ee_frame)
-    controller = CoarseFineController(ControllerConfig(**SIM_CONTROLLER))
+    proprio = ProprioBuilder(robot['proprio_source'], base.config.proprio_dim, urdf, ee_frame,
+                             robot['proprio_joint_names'], robot['proprio_reference_rotvec'])
+    velocity = EndEffectorVelocity(urdf, ee_frame)
+    controller = CoarseFineController(controller_config(robot))
     inputs = []
     for stamp, frames, positions, velocities in samples:
         names = list(positions)
@@ -87,7 +88,7 @@ def replay(args) -> dict:
             outputs[method].append(policy.infer(frames, state, args.instruction, mode=mode, ee_speed=speed))
     reference = np.stack([o.actions for o in outputs['none']])
     names = base.config.action_names
-    report = {'methods': {}, 'meta': {'command': 'vla-prune replay ' + ' '.join(args.argv), 'bag': str(bag),
+    report = {'methods': {}, 'meta': {'command': args.command, 'bag': str(bag),
                                       'observations': len(inputs), 'instruction': args.instruction,
                                       'date': time.strftime('%Y-%m-%d')}}
     for method, outs in outputs.items():
@@ -111,31 +112,3 @@ def table(report: dict) -> str:
                      f"{row['action_deviation_mean']:.2e} | " +
                      ' | '.join(f"{row['action_deviation'][n]:.1e}" for n in names) + ' |')
     return '\n'.join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='vla-prune replay', description=__doc__)
-    parser.add_argument('bag')
-    parser.add_argument('--methods', default='none,specprune,lightvla')
-    parser.add_argument('--instruction', required=True, help='the instruction the recorded run was given')
-    parser.add_argument('--checkpoint', default=str(DEFAULT_POLICY))
-    parser.add_argument('--camera-topics', default=SIM_CAMERAS, help='comma-separated, model camera order')
-    parser.add_argument('--joint-states-topic', default='/joint_states')
-    parser.add_argument('--urdf', help='URDF file (default: /robot_description from the bag, else the sim arm)')
-    parser.add_argument('--ee-frame', default='tool0')
-    parser.add_argument('--every', type=int, default=8, help='infer at every N-th frame of the first camera')
-    parser.add_argument('--device', default='cpu')
-    parser.add_argument('--json', help='write the report here')
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[2:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv
-    report = replay(args)
-    print(table(report))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    return 0

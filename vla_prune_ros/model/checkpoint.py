@@ -14,34 +14,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .checkpoint_files import (CONFIG_FILE, STATS_FILE, WEIGHTS_FILE, CheckpointError, is_oft_checkpoint,
+                               resolve_device, resolve_dtype)
 from .configuration_vla import ConfigError, VLAConfig
 from .modeling_vla import VLAModel
+from .oft_checkpoint import load_oft_checkpoint
 from .tokenizer import load_tokenizer
-
-CONFIG_FILE, WEIGHTS_FILE, STATS_FILE = 'config.json', 'model.safetensors', 'dataset_statistics.json'
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be loaded; the message names the file and the reason."""
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise CheckpointError(f"device '{device}' requested but CUDA is not available on this machine")
-    return torch.device(device)
-
-
-DTYPES = {'float32': torch.float32, 'fp32': torch.float32, 'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16,
-          'float16': torch.float16, 'fp16': torch.float16}
-
-
-def resolve_dtype(dtype: str) -> torch.dtype:
-    if dtype not in DTYPES:
-        raise CheckpointError(f"dtype '{dtype}' not one of {sorted(DTYPES)}")
-    return DTYPES[dtype]
-
 
 def save_checkpoint(model: VLAModel, tokenizer, directory: str | Path, dataset_statistics: dict | None = None) -> Path:
     directory = Path(directory)
@@ -78,7 +56,6 @@ def load_checkpoint(directory: str | Path, device: str = 'cpu', dtype: str = 'fl
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f'{directory}: checkpoint directory does not exist')
-    from .oft_checkpoint import is_oft_checkpoint, load_oft_checkpoint  # noqa: avoid a cycle at import
     if is_oft_checkpoint(directory):
         return load_oft_checkpoint(directory, device=device, dtype=dtype, attn_implementation=attn_implementation)
     config = load_config(directory)

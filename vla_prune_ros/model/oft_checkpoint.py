@@ -37,7 +37,6 @@ naming the file (and the tensor or field).
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -46,14 +45,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import AutoTokenizer, LlamaConfig
 
-from .checkpoint import CONFIG_FILE, STATS_FILE, CheckpointError, resolve_device, resolve_dtype
+from .checkpoint_files import (CONFIG_FILE, HEAD_PATTERN, STATS_FILE, CheckpointError, read_json, resolve_device,
+                               resolve_dtype)
 from .configuration_vla import IMAGENET_MEAN, IMAGENET_STD, SIGLIP_MEAN, SIGLIP_STD, ConfigError, VLAConfig
 from .modeling_vla import VLAModel
 
 SIDECAR_FILE = 'vla_prune_ros.json'
 SINGLE_WEIGHTS, WEIGHTS_INDEX = 'model.safetensors', 'model.safetensors.index.json'
-HEAD_PATTERN, PROPRIO_PATTERN = 'action_head--*_checkpoint.pt', 'proprio_projector--*_checkpoint.pt'
-PRISMATIC_KEYS = ('vision_backbone_id', 'llm_backbone_id', 'timm_model_ids')
+PROPRIO_PATTERN = 'proprio_projector--*_checkpoint.pt'
 VISION_PREFIXES = ('vision_backbone.featurizer', 'vision_backbone.fused_featurizer')
 
 # Llama fields OFT leaves to LlamaConfig's defaults (its text_config only sets vocab and pad): Llama-2-7B.
@@ -75,30 +74,7 @@ OFT_BOS, OFT_EOS, OFT_READOUT = 1, 2, 29871  # Llama's <s>, </s> and '▁'
 CAMERA_NAMES = {1: ['primary'], 2: ['primary', 'wrist'], 3: ['primary', 'left_wrist', 'right_wrist']}
 
 
-# ----------------------------------------------------------------------------- detection
-
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path) as handle:
-            data = json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f'{path}: not valid JSON ({error})') from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f'{path}: expected a JSON object')
-    return data
-
-
-def is_oft_checkpoint(directory: Path) -> bool:
-    """True for a prismatic ``config.json`` or an OFT action-head file (the loader then names what is missing)."""
-    directory = Path(directory)
-    if any(directory.glob(HEAD_PATTERN)):
-        return True
-    try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and any(key in config for key in PRISMATIC_KEYS)
-
+# ----------------------------------------------------------------------------- files
 
 def _single_file(directory: Path, pattern: str, required: bool) -> Path | None:
     found = sorted(directory.glob(pattern))
@@ -118,7 +94,7 @@ class SafetensorsSource:
         index, single = directory / WEIGHTS_INDEX, directory / SINGLE_WEIGHTS
         self._handles: dict[Path, object] = {}
         if index.is_file():
-            weight_map = _read_json(index).get('weight_map')
+            weight_map = read_json(index).get('weight_map')
             if not isinstance(weight_map, dict) or not weight_map:
                 raise CheckpointError(f'{index}: no weight_map')
             self.file_of = {name: directory / shard for name, shard in weight_map.items()}
@@ -178,7 +154,7 @@ def _read_sidecar(directory: Path) -> dict:
     path = directory / SIDECAR_FILE
     if not path.is_file():
         return {}
-    data = _read_json(path)
+    data = read_json(path)
     checks = {
         'chunk_len': lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
         'camera_names': lambda v: isinstance(v, list) and v and all(isinstance(n, str) for n in v)
@@ -244,7 +220,7 @@ def _llm_config(prismatic: dict, config_path: Path) -> dict:
 def _norm_stats(directory: Path, prismatic: dict, unnorm_key: str | None, want_proprio: bool):
     """(action_norm, proprio_norm, file) from dataset_statistics.json, else config.json's norm_stats."""
     path = directory / STATS_FILE
-    stats = _read_json(path) if path.is_file() else {}
+    stats = read_json(path) if path.is_file() else {}
     if not stats:
         path, stats = directory / CONFIG_FILE, prismatic.get('norm_stats') or {}
     if not stats:
@@ -284,7 +260,7 @@ def oft_config(directory: str | Path, source: SafetensorsSource, head: dict[str,
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise CheckpointError(f'{config_path}: missing')
-    prismatic = _read_json(config_path)
+    prismatic = read_json(config_path)
     sidecar = _read_sidecar(directory)
     known_ids, known_size = PRISMATIC_VISION.get(prismatic.get('vision_backbone_id'), (None, 224))
     timm_ids = prismatic.get('timm_model_ids', known_ids)

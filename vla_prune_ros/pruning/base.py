@@ -5,7 +5,8 @@ and after any layer (``after_layer``). At each it may return the indices to keep
 does the gathering, recomputes RoPE and the mask for the kept tokens (which keep their
 original position ids), and always keeps non-visual tokens whatever a method returns.
 
-Adding a method is one new module that subclasses ``PruningMethod`` and calls ``register``.
+Adding a method is one new module that subclasses ``PruningMethod``, declares its ``Options`` and
+calls ``register`` (``registry``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
+from ..options import Options
 
 
 @dataclass
@@ -35,33 +38,26 @@ class InferenceStep:
         self.stages.append((stage, int(tokens)))
 
 
+@dataclass(frozen=True)
+class NoOptions(Options):
+    """A method without options."""
+
+
 class PruningMethod:
-    """Base class: keeps everything. Subclasses override what they need."""
+    """Base class: keeps everything. Subclasses override what they need.
+
+    A method's options are one :class:`~vla_prune_ros.options.Options` dataclass, ``options_class``; the
+    node's parameters, ``config/<method>.yaml`` and the README's parameter table derive from it.
+    """
     name: ClassVar[str] = 'base'
     trainable: ClassVar[bool] = False
+    options_class: ClassVar[type[Options]] = NoOptions
 
     def __init__(self, **options: Any):
-        unknown = set(options) - set(self.option_defaults())
-        if unknown:
-            raise ValueError(f'{self.name}: unknown option(s) {sorted(unknown)}')
-        self.options = {**self.option_defaults(), **options}
-        self.validate_options(self.options)
+        self.options = self.options_class.from_dict(options)
 
-    @classmethod
-    def option_defaults(cls) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def validate_options(cls, options: dict[str, Any]) -> None:
-        """Raise ValueError naming the option when a value is out of range."""
-
-    def update_options(self, **options: Any) -> None:
-        merged = {**self.options, **options}
-        unknown = set(options) - set(self.option_defaults())
-        if unknown:
-            raise ValueError(f'{self.name}: unknown option(s) {sorted(unknown)}')
-        self.validate_options(merged)
-        self.options = merged
+    def update_options(self, **changes: Any) -> None:
+        self.options = self.options.replace(**changes)
 
     def reset(self) -> None:
         """Forget per-episode state (called at every new goal)."""
@@ -81,20 +77,4 @@ class PruningMethod:
     def trainable_module(self) -> torch.nn.Module | None:
         """Parameters the method adds (LightVLA* queries); saved beside the model."""
         return None
-
-
-METHODS: dict[str, type[PruningMethod]] = {}
-
-
-def register(cls: type[PruningMethod]) -> type[PruningMethod]:
-    METHODS[cls.name] = cls
-    return cls
-
-
-def create_method(name: str, **options: Any) -> PruningMethod:
-    from . import available_methods
-    available_methods()   # imports every method module, so each registers itself
-    if name not in METHODS:
-        raise ValueError(f"unknown pruning method '{name}'; choose one of {sorted(METHODS)}")
-    return METHODS[name](**options)
 

@@ -16,35 +16,36 @@ best score (the paper's operating point, for the benchmark).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 import torch
 
-from .base import PruneResult, PruningMethod, register
+from ..options import Options, option
+from .base import PruneResult, PruningMethod
+from .registry import register
 
 
 def rms_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps).to(x.dtype)
 
 
+@dataclass(frozen=True)
+class LightVLAOptions(Options):
+    prefix: ClassVar[str] = 'lightvla'
+
+    noise: str = option('uniform', 'Selection noise kind (training only).', choices=('uniform', 'gumbel'))
+    noise_scale: float = option(0.0, 'Selection noise scale (0 at inference).', low=0.0, high=1e3)
+    forced_visual_keep: Optional[int] = option(
+        None, 'Keep exactly this many patches; 0 = off (variable count).', low=1, high=1_000_000, off=0)
+    min_visual_tokens: int = option(1, 'Never keep fewer visual tokens.', low=1, high=1_000_000)
+
+
 @register
 class LightVLA(PruningMethod):
     name = 'lightvla'
     trainable = True      # trains through the selection, even without parameters of its own
-
-    @classmethod
-    def option_defaults(cls):
-        return dict(noise='uniform', noise_scale=0.0, forced_visual_keep=None, min_visual_tokens=1)
-
-    @classmethod
-    def validate_options(cls, o):
-        if o['noise'] not in ('uniform', 'gumbel'):
-            raise ValueError("lightvla.noise: must be 'uniform' or 'gumbel'")
-        if not o['noise_scale'] >= 0:
-            raise ValueError('lightvla.noise_scale: must be >= 0')
-        if o['forced_visual_keep'] is not None and o['forced_visual_keep'] < 1:
-            raise ValueError('lightvla.forced_visual_keep: must be None or >= 1')
-        if o['min_visual_tokens'] < 1:
-            raise ValueError('lightvla.min_visual_tokens: must be >= 1')
+    options_class = LightVLAOptions
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -79,15 +80,15 @@ class LightVLA(PruningMethod):
             rope[:, visual] = positions[visual][chosen]
             return PruneResult(hidden=new_hidden, rope_positions=rope)
         visual_index = torch.nonzero(visual)[:, 0]
-        forced = self.options['forced_visual_keep']
+        forced = self.options.forced_visual_keep
         if forced is not None:
             best = scores[0].max(dim=0).values          # each patch's best score as any query's answer
             chosen = best.topk(min(forced, len(visual_index))).indices
         else:
             chosen = scores[0].argmax(dim=-1).unique()
-        if len(chosen) < self.options['min_visual_tokens']:
+        if len(chosen) < self.options.min_visual_tokens:
             best = scores[0].max(dim=0).values
-            chosen = torch.cat([chosen, best.topk(min(self.options['min_visual_tokens'], len(best))).indices]).unique()
+            chosen = torch.cat([chosen, best.topk(min(self.options.min_visual_tokens, len(best))).indices]).unique()
         keep = torch.cat([torch.nonzero(~visual)[:, 0], visual_index[chosen]]).sort().values
         if step is not None:
             step.report('input', len(positions))
@@ -95,9 +96,9 @@ class LightVLA(PruningMethod):
         return PruneResult(keep=keep)
 
     def _soft_select(self, hidden, scores, visual):
-        scale = self.options['noise_scale']
+        scale = self.options.noise_scale
         if scale > 0:
-            if self.options['noise'] == 'gumbel':
+            if self.options.noise == 'gumbel':
                 uniform = torch.rand_like(scores).clamp_(1e-9, 1 - 1e-9)
                 scores = scores + scale * -torch.log(-torch.log(uniform))
             else:

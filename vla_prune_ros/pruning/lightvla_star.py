@@ -10,11 +10,14 @@ checkpoint's ``pruner_lightvla_star.safetensors`` is loaded first (as the policy
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from .base import register
-from .lightvla import LightVLA, rms_normalize
+from ..options import option
+from .lightvla import LightVLA, LightVLAOptions, rms_normalize
+from .registry import register
 
 
 class LearnedQueries(nn.Module):
@@ -38,19 +41,17 @@ class LearnedQueries(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+@dataclass(frozen=True)
+class LightVLAStarOptions(LightVLAOptions):
+    """LightVLA's options (same parameter namespace) plus how the learned queries combine."""
+    query_mode: str = option('add', "LightVLA* only: learned queries 'add' to or 'replace' the free ones.",
+                             choices=('add', 'replace'))
+
+
 @register
 class LightVLAStar(LightVLA):
     name = 'lightvla_star'
-
-    @classmethod
-    def option_defaults(cls):
-        return {**super().option_defaults(), 'query_mode': 'add'}
-
-    @classmethod
-    def validate_options(cls, o):
-        super().validate_options(o)
-        if o['query_mode'] not in ('add', 'replace'):
-            raise ValueError("lightvla_star.query_mode: must be 'add' or 'replace'")
+    options_class = LightVLAStarOptions
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -66,7 +67,7 @@ class LightVLAStar(LightVLA):
 
     def queries(self, patches, others):
         learned = self.ensure_queries(patches.shape[1], patches.shape[2], patches.device, patches.dtype).queries
-        if self.options['query_mode'] == 'replace':
+        if self.options.query_mode == 'replace':
             return rms_normalize(learned).expand(patches.shape[0], -1, -1)
         scale = patches.shape[-1] ** -0.5
         context = torch.softmax((patches @ others.transpose(1, 2)) * scale, dim=-1) @ others

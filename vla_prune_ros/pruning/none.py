@@ -1,5 +1,6 @@
 """``none``: the unpruned baseline. Every token reaches every layer."""
-from .base import PruningMethod, register
+from .base import PruningMethod
+from .registry import register
 
 
 @register

@@ -25,63 +25,75 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
 
-from .base import InferenceStep, PruneResult, PruningMethod, register
+from ..options import Options, option
+from .base import InferenceStep, PruneResult, PruningMethod
+from .registry import register
 
 OFT_PATCHES_PER_VIEW = 256
 OFT_LAYERS = 32
 
 
+@dataclass(frozen=True)
+class SpecPruneOptions(Options):
+    """Caps and top-k are per view and per 256 patches, layers for a 32-layer LLM; both are scaled to the model."""
+    prefix: ClassVar[str] = 'specprune'
+
+    similarity_threshold: float = option(
+        0.986, 'Cosine similarity above which a patch counts as unchanged (static).', low=0.0, high=1.0)
+    static_cap_coarse: int = option(200, 'Max static patches per view (per 256), coarse mode.',
+                                    low=0, high=OFT_PATCHES_PER_VIEW)
+    static_cap_fine: int = option(220, 'Max static patches per view (per 256), fine mode.',
+                                  low=0, high=OFT_PATCHES_PER_VIEW)
+    topk_coarse: tuple[int, ...] = option(
+        (16, 12), 'Attention top-k per view (primary, wrist, ...; per 256 patches), coarse mode.',
+        low=0, high=OFT_PATCHES_PER_VIEW, min_length=1)
+    topk_fine: tuple[int, ...] = option((25, 19), 'Attention top-k per view (per 256 patches), fine mode.',
+                                        low=0, high=OFT_PATCHES_PER_VIEW, min_length=1)
+    layer0_topk_multiplier: int = option(3, 'After layer 0 keep multiplier * k per view.', low=1, high=64)
+    delta_slope: float = option(-16.0 / 18.0, 'Frame gap formula: slope on the speed.', low=-1e3, high=1e3)
+    delta_intercept: float = option(22.0 / 3.0, 'Frame gap formula: intercept.', low=-1e3, high=1e3)
+    delta_offset: int = option(3, 'Frame gap formula: offset (control steps).', low=-1000, high=1000)
+    delta_max: int = option(6, 'Largest frame gap (control steps).', low=1, high=1000)
+    delta_min: int = option(1, 'Smallest frame gap (control steps).', low=1, high=1000)
+    delta_speed_scale: float = option(1.0, 'Measured speed (m/s) to the formula speed unit.', low=0.0, high=1e6)
+    steps_per_inference: int = option(8, 'Control steps between inferences (Δ to inferences).',
+                                      low=1, high=1024)
+    use_global_history: bool = option(True, "Always keep the previous inference's important patches.")
+    dynamic: bool = option(True, 'Layer-level (dynamic) pruning inside the LLM.')
+    dynamic_layers: tuple[int, ...] = option(
+        (5, 10, 15, 20, 25), 'Layers (of a 32-layer LLM, scaled to the model) where dynamic pruning cuts.',
+        low=0, high=1024)
+    dynamic_keep_ratio: float = option(0.8, 'Fraction of visual tokens kept at each dynamic cut.',
+                                       low=0.0, low_exclusive=True, high=1.0)
+    ema_alpha: float = option(0.2, 'EMA factor of the attention-rank importance.', low=0.0, low_exclusive=True,
+                              high=1.0)
+    min_visual_tokens: int = option(16, 'Never keep fewer visual tokens.', low=1, high=1_000_000)
+    forced_static_visual: Optional[int] = option(
+        None, 'Force the static stage to keep exactly this many visual tokens; 0 = off.', low=1, high=1_000_000,
+        off=0)
+
+    def check(self):
+        if self.delta_max < self.delta_min:
+            raise ValueError(f'delta_max: {self.delta_max} must be >= delta_min ({self.delta_min})')
+
+
 @register
 class SpecPrune(PruningMethod):
     name = 'specprune'
-
-    @classmethod
-    def option_defaults(cls):
-        return dict(
-            similarity_threshold=0.986,
-            static_cap_coarse=200, static_cap_fine=220,          # per view, per 256 patches
-            topk_coarse=(16, 12), topk_fine=(25, 19),            # per view (primary, wrist, ...), per 256 patches
-            layer0_topk_multiplier=3,
-            delta_slope=-16.0 / 18.0, delta_intercept=22.0 / 3.0, delta_offset=3, delta_max=6, delta_min=1,
-            delta_speed_scale=1.0, steps_per_inference=8,
-            use_global_history=True,
-            dynamic=True, dynamic_layers=(5, 10, 15, 20, 25), dynamic_keep_ratio=0.8, ema_alpha=0.2,
-            min_visual_tokens=16,
-            forced_static_visual=None,
-        )
-
-    @classmethod
-    def validate_options(cls, o):
-        def check(ok, name, why):
-            if not ok:
-                raise ValueError(f'specprune.{name}: {why}')
-        check(0.0 <= o['similarity_threshold'] <= 1.0, 'similarity_threshold', 'must be in [0, 1]')
-        for name in ('static_cap_coarse', 'static_cap_fine'):
-            check(0 <= o[name] <= OFT_PATCHES_PER_VIEW, name, f'must be in [0, {OFT_PATCHES_PER_VIEW}]')
-        for name in ('topk_coarse', 'topk_fine'):
-            check(len(o[name]) >= 1 and all(0 <= k <= OFT_PATCHES_PER_VIEW for k in o[name]), name,
-                  f'each must be in [0, {OFT_PATCHES_PER_VIEW}]')
-        check(o['layer0_topk_multiplier'] >= 1, 'layer0_topk_multiplier', 'must be >= 1')
-        check(o['delta_min'] >= 1, 'delta_min', 'must be >= 1')
-        check(o['delta_max'] >= o['delta_min'], 'delta_max', 'must be >= delta_min')
-        check(o['steps_per_inference'] >= 1, 'steps_per_inference', 'must be >= 1')
-        check(0.0 < o['dynamic_keep_ratio'] <= 1.0, 'dynamic_keep_ratio', 'must be in (0, 1]')
-        check(0.0 < o['ema_alpha'] <= 1.0, 'ema_alpha', 'must be in (0, 1]')
-        check(o['min_visual_tokens'] >= 1, 'min_visual_tokens', 'must be >= 1 (pruning everything is impossible)')
-        check(all(int(layer) >= 0 for layer in o['dynamic_layers']), 'dynamic_layers', 'must be >= 0')
-        check(o['forced_static_visual'] is None or o['forced_static_visual'] >= 1, 'forced_static_visual',
-              'must be None or >= 1')
+    options_class = SpecPruneOptions
 
     def __init__(self, **options):
         super().__init__(**options)
         self.reset()
 
     def reset(self):
-        self.frame_history: deque[list[np.ndarray]] = deque(maxlen=self.options['delta_max'] + 1)
+        self.frame_history: deque[list[np.ndarray]] = deque(maxlen=self.options.delta_max + 1)
         self.previous_important = torch.empty(0, dtype=torch.long)   # original positions
         self._static = torch.empty(0, dtype=torch.long)              # this inference's static candidates
         self._importance: torch.Tensor | None = None                  # EMA per original position
@@ -92,16 +104,16 @@ class SpecPrune(PruningMethod):
     def delta_steps(self, speed: float | None) -> int:
         o = self.options
         if speed is None or not math.isfinite(speed):
-            return o['delta_max']
-        v = speed * o['delta_speed_scale']
-        delta = int(o['delta_slope'] * v + o['delta_intercept']) + o['delta_offset']
-        return max(o['delta_min'], min(delta, o['delta_max']))
+            return o.delta_max
+        v = speed * o.delta_speed_scale
+        delta = int(o.delta_slope * v + o.delta_intercept) + o.delta_offset
+        return max(o.delta_min, min(delta, o.delta_max))
 
     def _scaled(self, count: float, patches_per_view: int) -> int:
         return int(round(count * patches_per_view / OFT_PATCHES_PER_VIEW))
 
     def _topk_per_view(self, mode: str, num_views: int) -> list[int]:
-        ks = self.options['topk_fine' if mode == 'fine' else 'topk_coarse']
+        ks = getattr(self.options, 'topk_fine' if mode == 'fine' else 'topk_coarse')
         return [ks[min(i, len(ks) - 1)] for i in range(num_views)]
 
     def static_candidates(self, step: InferenceStep, layout) -> torch.Tensor:
@@ -111,16 +123,16 @@ class SpecPrune(PruningMethod):
         self.frame_history.append(frames)
         if not history:
             return torch.empty(0, dtype=torch.long)
-        back = math.ceil(self.delta_steps(step.ee_speed) / self.options['steps_per_inference'])
+        back = math.ceil(self.delta_steps(step.ee_speed) / self.options.steps_per_inference)
         reference = history[-min(back, len(history))]
         cap_option = 'static_cap_fine' if step.mode == 'fine' else 'static_cap_coarse'
-        cap = self._scaled(self.options[cap_option], layout.patches_per_camera)
+        cap = self._scaled(getattr(self.options, cap_option), layout.patches_per_camera)
         grid = int(math.isqrt(layout.patches_per_camera))
         static = []
         for camera, (now, before) in enumerate(zip(frames, reference)):
             similarity = patch_cosine_similarity(now, before, grid)
             most_similar = np.argsort(-similarity, kind='stable')[:cap]
-            chosen = most_similar[similarity[most_similar] > self.options['similarity_threshold']]
+            chosen = most_similar[similarity[most_similar] > self.options.similarity_threshold]
             static.append(chosen + layout.camera_range(camera).start)
         return torch.from_numpy(np.sort(np.concatenate(static))).long()
 
@@ -147,13 +159,13 @@ class SpecPrune(PruningMethod):
             self._importance = torch.zeros(layout.seq_len)
             self._importance[original] = ranks
         else:
-            alpha = self.options['ema_alpha']
+            alpha = self.options.ema_alpha
             self._importance[original] = (1 - alpha) * self._importance[original] + alpha * ranks
 
     def dynamic_layer_set(self, num_layers: int) -> set[int]:
-        if not self.options['dynamic']:
+        if not self.options.dynamic:
             return set()
-        scaled = {round(int(layer) * num_layers / OFT_LAYERS) for layer in self.options['dynamic_layers']}
+        scaled = {round(int(layer) * num_layers / OFT_LAYERS) for layer in self.options.dynamic_layers}
         return {layer for layer in scaled if 2 <= layer < num_layers - 1}
 
     @staticmethod
@@ -190,14 +202,14 @@ class SpecPrune(PruningMethod):
     def _static_stage(self, layer, attention, positions, layout, step):
         ks = self._topk_per_view(step.mode, layout.num_cameras)
         if layer == 0:
-            ks = [k * self.options['layer0_topk_multiplier'] for k in ks]
+            ks = [k * self.options.layer0_topk_multiplier for k in ks]
         ks = [self._scaled(k, layout.patches_per_camera) for k in ks]
         important = self._attention_topk(attention, positions, layout, ks)
-        history = self.previous_important if self.options['use_global_history'] else important[:0]
+        history = self.previous_important if self.options.use_global_history else important[:0]
         length = layout.seq_len
         visual = layout.is_visual(positions)
         protected = self._member(positions, important, length) | self._member(positions, history, length)
-        forced = self.options['forced_static_visual']
+        forced = self.options.forced_static_visual
         if forced is None:
             keep_mask = ~self._member(positions, self._static, length) | protected | ~visual
         else:
@@ -221,8 +233,8 @@ class SpecPrune(PruningMethod):
     def _dynamic_stage(self, layer, positions, layout, step):
         visual = layout.is_visual(positions)
         visual_index = torch.nonzero(visual)[:, 0]
-        target = max(self.options['min_visual_tokens'],
-                     math.ceil(len(visual_index) * self.options['dynamic_keep_ratio']))
+        target = max(self.options.min_visual_tokens,
+                     math.ceil(len(visual_index) * self.options.dynamic_keep_ratio))
         if target >= len(visual_index):
             step.report(f'dynamic_layer{layer}', len(positions))
             return None
@@ -234,7 +246,7 @@ class SpecPrune(PruningMethod):
 
     def _apply_floor(self, keep_mask, visual, attention):
         """Never fewer than ``min_visual_tokens`` visual tokens: top up by attention."""
-        missing = self.options['min_visual_tokens'] - int((keep_mask & visual).sum())
+        missing = self.options.min_visual_tokens - int((keep_mask & visual).sum())
         if missing > 0:
             candidates = torch.nonzero(visual & ~keep_mask)[:, 0]
             keep_mask = keep_mask.clone()

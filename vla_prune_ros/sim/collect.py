@@ -17,15 +17,16 @@ auxiliary losses; the policy never sees them.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from ..data import PRIVILEGED_NAMES, write_episode, write_meta
-from .env import ACTION_NAMES, CAMERA_NAMES, TASK_KINDS, TabletopEnv
+from ..data.demonstrations import PRIVILEGED_NAMES, write_episode, write_meta
+from .env import ACTION_NAMES, TabletopEnv
 from .expert import ScriptedExpert
+from .scene import CAMERA_NAMES
+from .tasks import TASK_KINDS
 
 POST_SUCCESS_STEPS = 3     # a few "hold still" steps teach the policy to stop once done
 PERTURB_CORRELATION = 0.7  # AR(1) coefficient of the per-step perturbation: drifts, not jitter
@@ -113,28 +114,3 @@ def collect(out: Path, episodes: int, seed: int = 0, tasks: tuple[str, ...] = TA
     finally:
         env.close()
     return {'episodes': episodes, 'successes': successes}
-
-
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog='vla-prune collect', description=__doc__)
-    parser.add_argument('out', help='output directory')
-    parser.add_argument('--episodes', type=int, default=200)
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--tasks', default=','.join(TASK_KINDS), help='comma-separated task kinds')
-    parser.add_argument('--image-size', type=int, default=128)
-    parser.add_argument('--noise-std', type=float, default=0.0,
-                        help='expert action noise (m), recorded in the labels, for diversity')
-    parser.add_argument('--perturb-std', type=float, default=0.0,
-                        help='largest per-episode DART perturbation (m per step) of the executed action; '
-                             'labels stay the clean expert action')
-    parser.add_argument('--policy', help='checkpoint that drives each episode before the expert takes over '
-                                         '(DAgger-style relabelling)')
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    summary = collect(Path(args.out), args.episodes, args.seed, tuple(args.tasks.split(',')), args.image_size,
-                      args.noise_std, perturb_std=args.perturb_std, policy_checkpoint=args.policy)
-    print(f"wrote {summary['episodes']} episodes to {args.out}; expert succeeded in {summary['successes']}")
-    return 0

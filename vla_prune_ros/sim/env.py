@@ -1,20 +1,5 @@
-"""A MuJoCo tabletop suite for the 6-DoF arm in ``assets/arm.urdf``.
-
-The robot is loaded from the URDF with ``mujoco.MjSpec`` (so the kinematic chain is the URDF's,
-the one pinocchio uses in ``vla_prune_ros.kinematics``); the table, cubes, pads, lights, cameras
-and actuators are added programmatically.
-
-Tasks (language instruction + distractors):
-  touch: "touch the {colour} cube". Success: the TCP is within ``TOUCH_DISTANCE`` of the cube
-         surface (or a gripper geom contacts the cube) and moves slower than ``TOUCH_MAX_SPEED``,
-         the cube was not knocked more than ``TOUCH_MAX_DISPLACEMENT``, and the gripper never
-         struck it: contact while the TCP moves faster than ``TOUCH_HIT_SPEED`` (checked every
-         physics substep) fails the episode. So an imprecise fast approach fails; only a slow
-         (or perfectly precise) final approach succeeds.
-  push:  "push the {colour} cube onto the {colour} pad". Success: the cube centre lies on the pad
-         (inside its square), the cube is on the table and has (nearly) stopped, slower than
-         ``PUSH_MAX_CUBE_SPEED``; pushing it across the pad at speed does not count.
-Success is latched: once reached in an episode, ``Observation.success`` stays True.
+"""A MuJoCo tabletop suite for the 6-DoF arm in ``assets/arm.urdf``: the scene (``scene``) with its
+touch and push tasks (``tasks``), stepped by delta-pose actions.
 
 Action (as OpenVLA-OFT on LIBERO): 7-D ``[dx, dy, dz, droll, dpitch, dyaw, gripper]`` per control
 step; the TCP displacement in metres and a small world-frame rotation vector in radians, applied
@@ -25,30 +10,19 @@ without lag), running ``control_dt / physics_dt`` physics substeps.
 """
 from __future__ import annotations
 
-import os
+import dataclasses
 
-# Headless rendering: must be set before mujoco is imported anywhere in the process.
-os.environ.setdefault('MUJOCO_GL', 'egl')
-os.environ.setdefault('PYOPENGL_PLATFORM', 'egl')
+import mujoco
+import numpy as np
 
-import dataclasses  # noqa: E402
-import pathlib  # noqa: E402
-import xml.etree.ElementTree as ET  # noqa: E402
+from ..paths import URDF_PATH
+from .scene import (ARM_JOINT_NAMES, CAMERA_NAMES, COLOURS, CUBE_HALF, FINGER_JOINT_NAMES, HOME_JOINT_GUESS, HOME_TCP_POSITION, HOME_TCP_ROTATION, NUM_CUBES, NUM_PADS, PAD_HALF,
+                    PAD_THICKNESS, TCP_FRAME, TCP_SITE, _yaw_quaternion, build_model, set_servo_gains,
+                    quaternion_from_matrix, rotation_matrix_from_vector, rotation_vector_from_matrix,
+                    rotation_vector_from_quaternion)
+from .tasks import TASK_KINDS, TASK_SECONDS, TOUCH_HIT_SPEED, TaskSpec, sample_task, task_succeeded
 
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
-
-ASSETS_DIR = pathlib.Path(__file__).resolve().parents[1] / 'assets'
-URDF_PATH = ASSETS_DIR / 'arm.urdf'
-
-TASK_KINDS = ('touch', 'push')
 ACTION_NAMES = ('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper')
-CAMERA_NAMES = ('primary', 'wrist')
-
-ARM_JOINT_NAMES = tuple(f'joint{i}' for i in range(1, 7))
-FINGER_JOINT_NAMES = ('finger_left_joint', 'finger_right_joint')
-TCP_FRAME = 'tool0'
-TCP_SITE = 'tcp'
 
 # Per-step action bounds (control step, not per second).
 MAX_TRANSLATION_STEP = 0.03   # m
@@ -58,55 +32,9 @@ ACTION_HIGH = -ACTION_LOW
 
 FINGER_OPEN = 0.04            # finger joint position when fully open (0 = closed)
 
-COLOURS = {
-    'red': (0.85, 0.12, 0.10, 1.0),
-    'green': (0.15, 0.62, 0.20, 1.0),
-    'blue': (0.12, 0.28, 0.85, 1.0),
-    'yellow': (0.95, 0.80, 0.08, 1.0),
-}
-COLOUR_NAMES = tuple(COLOURS)
-NUM_CUBES = 3
-NUM_PADS = 2
-CUBE_HALF = 0.02              # 4 cm cubes
-CUBE_MASS = 0.1
-PAD_HALF = 0.03               # 6 cm square pads
-PAD_THICKNESS = 0.001
-TABLE_HALF = (0.45, 0.45, 0.02)
-TABLE_CENTRE_X = 0.35
-
-# Episode length in seconds per task; ``max_steps`` is this over ``control_dt``.
-TASK_SECONDS = {'touch': 6.0, 'push': 12.0}
-
-TOUCH_DISTANCE = 0.015        # TCP to cube surface
-TOUCH_MAX_SPEED = 0.05        # m/s, a touch must be gentle
-TOUCH_MAX_DISPLACEMENT = 0.02  # the touched cube must not be knocked away
-TOUCH_HIT_SPEED = 0.1         # m/s, gripper contact with the cube faster than this is a hit
-PUSH_MAX_CUBE_SPEED = 0.04    # m/s, the pushed cube must have stopped on the pad
-
-# Where objects are sampled (robot base at the origin, table top at z = 0).
-OBJECT_X_RANGE = (0.30, 0.54)
-OBJECT_Y_RANGE = (-0.20, 0.20)
-REACH_RADIUS = (0.25, 0.58)   # horizontal TCP distance from the base axis that IK handles well
-PUSH_DISTANCE_RANGE = (0.12, 0.25)
-PUSH_STANDOFF = 0.07          # the expert starts a push this far behind the cube centre
-
-HOME_TCP_POSITION = np.array([0.35, 0.0, 0.15])
-# Tool pointing down, fingers opening along world y: a half turn about y.
-HOME_TCP_ROTATION = np.diag([-1.0, 1.0, -1.0])
-HOME_JOINT_GUESS = np.array([0.0, 0.3, 1.6, 0.0, 1.24, 0.0])
-
-# Position servo stiffness per arm joint (N m / rad); damping is set for critical damping at home.
-ARM_KP = np.array([1500.0, 2500.0, 1500.0, 300.0, 300.0, 150.0])
-ARM_ARMATURE = np.array([0.05, 0.05, 0.05, 0.02, 0.02, 0.02])
-FINGER_KP = 200.0
-
-# Collision groups: robot geoms do not collide with each other, everything else does.
-ROBOT_CONTYPE, ROBOT_CONAFFINITY = 2, 1
-WORLD_CONTYPE, WORLD_CONAFFINITY = 1, 3
-
 
 @dataclasses.dataclass
-class Observation:
+class SimObservation:
     images: dict[str, np.ndarray]       # camera name -> H x W x 3 uint8 RGB
     joint_names: list[str]
     joint_positions: np.ndarray          # float64, URDF joints (arm then fingers)
@@ -119,236 +47,6 @@ class Observation:
     tcp_angular_velocity: np.ndarray     # world frame, rad/s, from MuJoCo
     step: int = 0
 
-
-@dataclasses.dataclass
-class TaskSpec:
-    kind: str
-    instruction: str
-    target_cube: str                     # colour of the cube to touch / push
-    target_pad: str | None               # colour of the goal pad (push only)
-    cube_colours: tuple[str, ...]
-    cube_positions: np.ndarray           # (NUM_CUBES, 2) xy
-    cube_yaws: np.ndarray                # (NUM_CUBES,)
-    pad_colours: tuple[str, ...]
-    pad_positions: np.ndarray            # (NUM_PADS, 2) xy
-
-
-# ----------------------------------------------------------------------------- rotations
-
-def rotation_matrix_from_vector(rotvec) -> np.ndarray:
-    """Rodrigues: rotation vector (axis * angle) -> 3x3 matrix."""
-    rotvec = np.asarray(rotvec, dtype=np.float64)
-    angle = float(np.linalg.norm(rotvec))
-    if angle < 1e-12:
-        return np.eye(3)
-    k = rotvec / angle
-    kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.eye(3) + np.sin(angle) * kx + (1.0 - np.cos(angle)) * kx @ kx
-
-
-def quaternion_from_matrix(rotation) -> np.ndarray:
-    quat = np.empty(4)
-    mujoco.mju_mat2Quat(quat, np.ascontiguousarray(rotation, dtype=np.float64).reshape(9))
-    return quat
-
-
-def rotation_vector_from_quaternion(quat) -> np.ndarray:
-    """(w, x, y, z) -> axis * angle, angle = 2 atan2(|xyz|, w); keeps the sign of the quaternion."""
-    quat = np.asarray(quat, dtype=np.float64)
-    sin_half = float(np.linalg.norm(quat[1:]))
-    if sin_half < 1e-12:
-        return np.zeros(3)
-    angle = 2.0 * np.arctan2(sin_half, quat[0])
-    return quat[1:] / sin_half * angle
-
-
-def rotation_vector_from_matrix(rotation) -> np.ndarray:
-    """Principal rotation vector (angle in [0, pi]) of a rotation matrix."""
-    quat = quaternion_from_matrix(rotation)
-    if quat[0] < 0:
-        quat = -quat
-    return rotation_vector_from_quaternion(quat)
-
-
-def _look_at_quaternion(position, target, up) -> np.ndarray:
-    """Quaternion of a MuJoCo camera at ``position`` looking at ``target`` (camera looks along -z)."""
-    forward = np.asarray(target, float) - np.asarray(position, float)
-    z_axis = -forward / np.linalg.norm(forward)
-    up = np.asarray(up, float)
-    y_axis = up - up.dot(z_axis) * z_axis
-    y_axis /= np.linalg.norm(y_axis)
-    x_axis = np.cross(y_axis, z_axis)
-    return quaternion_from_matrix(np.column_stack([x_axis, y_axis, z_axis]))
-
-
-def _yaw_quaternion(yaw: float) -> np.ndarray:
-    return np.array([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])
-
-
-# ----------------------------------------------------------------------------- scene sampling
-
-def _point_segment_distance(point, start, end) -> float:
-    segment = end - start
-    t = np.clip(np.dot(point - start, segment) / max(np.dot(segment, segment), 1e-12), 0.0, 1.0)
-    return float(np.linalg.norm(point - (start + t * segment)))
-
-
-def _reachable(xy) -> bool:
-    return REACH_RADIUS[0] <= float(np.hypot(*xy)) <= REACH_RADIUS[1]
-
-
-def sample_task(rng: np.random.Generator, kind: str) -> TaskSpec:
-    """Draw colours and a collision-free layout; for push, keep the push corridor clear."""
-    if kind not in TASK_KINDS:
-        raise ValueError(f'unknown task kind {kind!r}; expected one of {TASK_KINDS}')
-
-    def uniform_xy():
-        return np.array([rng.uniform(*OBJECT_X_RANGE), rng.uniform(*OBJECT_Y_RANGE)])
-
-    for _ in range(10000):
-        cube_colours = tuple(str(c) for c in rng.permutation(COLOUR_NAMES)[:NUM_CUBES])
-        pad_colours = tuple(str(c) for c in rng.permutation(COLOUR_NAMES)[:NUM_PADS])
-        pads = [uniform_xy() for _ in range(NUM_PADS)]
-        cubes = [uniform_xy() for _ in range(NUM_CUBES)]
-        yaws = rng.uniform(-np.pi / 4, np.pi / 4, NUM_CUBES)
-        if np.linalg.norm(pads[0] - pads[1]) < 2 * PAD_HALF + 0.04:
-            continue
-        if any(np.linalg.norm(cubes[i] - cubes[j]) < 0.09
-               for i in range(NUM_CUBES) for j in range(i)):
-            continue
-        # No cube starts on (or touching) a pad.
-        if any(np.max(np.abs(c - p)) < PAD_HALF + CUBE_HALF * 1.5 for c in cubes for p in pads):
-            continue
-        if not all(_reachable(xy) for xy in cubes + pads):
-            continue
-        # Cube 0 is the target; its colour is random, so the slot carries no information.
-        if kind == 'push':
-            offset = pads[0] - cubes[0]
-            distance = float(np.linalg.norm(offset))
-            if not PUSH_DISTANCE_RANGE[0] <= distance <= PUSH_DISTANCE_RANGE[1]:
-                continue
-            direction = offset / distance
-            standoff = cubes[0] - PUSH_STANDOFF * direction
-            if not _reachable(standoff) or not _reachable(pads[0] + 0.03 * direction):
-                continue
-            if any(_point_segment_distance(c, standoff, pads[0] + 0.03 * direction) < 0.07
-                   for c in cubes[1:]):
-                continue
-            instruction = f'push the {cube_colours[0]} cube onto the {pad_colours[0]} pad'
-            target_pad = pad_colours[0]
-        else:
-            instruction = f'touch the {cube_colours[0]} cube'
-            target_pad = None
-        return TaskSpec(
-            kind=kind, instruction=instruction, target_cube=cube_colours[0], target_pad=target_pad,
-            cube_colours=cube_colours, cube_positions=np.array(cubes), cube_yaws=np.array(yaws),
-            pad_colours=pad_colours, pad_positions=np.array(pads))
-    raise RuntimeError('could not sample a valid scene layout')
-
-
-# ----------------------------------------------------------------------------- model building
-
-def _urdf_link_colours(urdf_xml: str) -> dict[str, tuple[float, ...]]:
-    """Link name -> RGBA of its first visual's material (named or inline)."""
-    root = ET.fromstring(urdf_xml)
-    named = {}
-    for material in root.findall('material'):
-        colour = material.find('color')
-        if colour is not None:
-            named[material.get('name')] = tuple(float(v) for v in colour.get('rgba').split())
-    colours = {}
-    for link in root.findall('link'):
-        material = link.find('visual/material')
-        if material is None:
-            continue
-        colour = material.find('color')
-        if colour is not None:
-            colours[link.get('name')] = tuple(float(v) for v in colour.get('rgba').split())
-        elif material.get('name') in named:
-            colours[link.get('name')] = named[material.get('name')]
-    return colours
-
-
-def build_model(urdf_xml: str, physics_dt: float = 0.002, max_render_size: int = 1024) -> mujoco.MjModel:
-    """Robot from the URDF plus table, cubes, pads, lights, cameras and actuators."""
-    spec = mujoco.MjSpec.from_string(urdf_xml)
-    spec.modelname = 'vla_tabletop'
-    spec.compiler.fusestatic = False      # keep tool0 (a fixed link) as its own body
-    spec.compiler.discardvisual = False   # keep our visual-only geoms (pads, wall); URDF visuals
-                                          # were already dropped by the URDF parser
-    spec.option.timestep = physics_dt
-    spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
-    spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC
-    spec.visual.global_.offwidth = max_render_size
-    spec.visual.global_.offheight = max_render_size
-    spec.visual.quality.offsamples = 0    # no MSAA: faster software rendering
-    spec.visual.headlight.ambient = [0.35, 0.35, 0.35]
-    spec.visual.headlight.diffuse = [0.35, 0.35, 0.35]
-    spec.visual.headlight.specular = [0.0, 0.0, 0.0]
-
-    link_colours = _urdf_link_colours(urdf_xml)
-    for body in spec.bodies:
-        if body.name == 'world':
-            continue
-        body.gravcomp = 1.0               # the servos then only fight dynamics, not gravity
-        for geom in body.geoms:
-            geom.contype, geom.conaffinity = ROBOT_CONTYPE, ROBOT_CONAFFINITY
-            geom.rgba = link_colours.get(body.name, (0.7, 0.7, 0.7, 1.0))
-            geom.friction = [1.0, 0.005, 0.0001]
-    for name, armature in zip(ARM_JOINT_NAMES, ARM_ARMATURE):
-        spec.joint(name).armature = armature
-    for name in FINGER_JOINT_NAMES:
-        spec.joint(name).armature = 0.01
-
-    spec.body(TCP_FRAME).add_site(name=TCP_SITE, size=[0.005, 0, 0], rgba=[1, 0, 1, 0])
-
-    # Wrist camera on the palm, behind the fingers (flange -x is "forward" at home),
-    # looking down past the fingertips.
-    camera_position = np.array([-0.07, 0.0, -0.015])
-    spec.body('link6').add_camera(
-        name='wrist', pos=camera_position, fovy=70.0,
-        quat=_look_at_quaternion(camera_position, [0.0, 0.0, 0.21], up=[-1.0, 0.0, 0.0]))
-
-    world = spec.worldbody
-    world.add_geom(name='floor', type=mujoco.mjtGeom.mjGEOM_PLANE, size=[3, 3, 0.1],
-                   pos=[0, 0, -0.75], rgba=[0.32, 0.33, 0.36, 1],
-                   contype=WORLD_CONTYPE, conaffinity=WORLD_CONAFFINITY)
-    world.add_geom(name='table', type=mujoco.mjtGeom.mjGEOM_BOX, size=TABLE_HALF,
-                   pos=[TABLE_CENTRE_X, 0, -TABLE_HALF[2]], rgba=[0.72, 0.64, 0.52, 1],
-                   contype=WORLD_CONTYPE, conaffinity=WORLD_CONAFFINITY, friction=[0.6, 0.005, 0.0001])
-    world.add_geom(name='back_wall', type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.02, 1.5, 1.0],
-                   pos=[-0.6, 0, 0.2], rgba=[0.82, 0.84, 0.86, 1], contype=0, conaffinity=0)
-    world.add_light(name='sun', pos=[0.4, 0.3, 1.5], dir=[-0.1, -0.2, -1.0],
-                    type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL, castshadow=False,
-                    diffuse=[0.6, 0.6, 0.6], specular=[0.1, 0.1, 0.1], ambient=[0.1, 0.1, 0.1])
-
-    # Third-person view from the far side of the table, facing the robot (as LIBERO's agentview).
-    primary_position = np.array([0.95, 0.0, 0.50])
-    world.add_camera(name='primary', pos=primary_position, fovy=48.0,
-                     quat=_look_at_quaternion(primary_position, [0.36, 0.0, 0.02], up=[0, 0, 1]))
-
-    for i in range(NUM_CUBES):
-        cube = world.add_body(name=f'cube{i}', pos=[0.4, 0.1 * i, CUBE_HALF])
-        cube.add_freejoint(name=f'cube{i}_free')
-        cube.add_geom(name=f'cube{i}_geom', type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF] * 3,
-                      mass=CUBE_MASS, rgba=COLOURS[COLOUR_NAMES[i]],
-                      contype=WORLD_CONTYPE, conaffinity=WORLD_CONAFFINITY,
-                      friction=[0.6, 0.005, 0.0001])
-    for i in range(NUM_PADS):
-        pad = world.add_body(name=f'pad{i}', pos=[0.4, -0.15 * (i + 1), PAD_THICKNESS / 2])
-        # Visual only: cubes slide over pads as over the table.
-        pad.add_geom(name=f'pad{i}_geom', type=mujoco.mjtGeom.mjGEOM_BOX,
-                     size=[PAD_HALF, PAD_HALF, PAD_THICKNESS / 2],
-                     rgba=COLOURS[COLOUR_NAMES[i]], contype=0, conaffinity=0)
-
-    for name in ARM_JOINT_NAMES + FINGER_JOINT_NAMES:
-        actuator = spec.add_actuator(name=f'{name}_servo', target=name,
-                                     trntype=mujoco.mjtTrn.mjTRN_JOINT)
-        actuator.set_to_position(kp=FINGER_KP if name in FINGER_JOINT_NAMES else 1.0)
-        actuator.ctrllimited = False      # the IK clamps targets; the feed-forward may lead them
-        actuator.forcelimited = True
-        actuator.forcerange = spec.joint(name).actfrcrange
-    return spec.compile()
 
 
 # ----------------------------------------------------------------------------- environment
@@ -405,7 +103,8 @@ class TabletopEnv:
         self._jacr = np.zeros((3, m.nv))
 
         self.home_qpos = self._solve_home()
-        self._set_servo_gains()
+        self._feedforward_lead = set_servo_gains(self.model, self.home_qpos, self._arm_qpos, self._arm_dofs,
+                                                 self._dof_index[6:], self._arm_actuators, self._finger_actuators)
         self._reference_quat = quaternion_from_matrix(HOME_TCP_ROTATION)
 
         self.task: TaskSpec | None = None
@@ -422,27 +121,6 @@ class TabletopEnv:
         mujoco.mj_forward(self.model, self.data)
         q = self._inverse_kinematics(HOME_TCP_POSITION, HOME_TCP_ROTATION, iterations=100)
         return q
-
-    def _set_servo_gains(self):
-        """Position servos: kp per joint, kv for critical damping at home, velocity feed-forward."""
-        m = self.model
-        data = mujoco.MjData(m)
-        data.qpos[self._arm_qpos] = self.home_qpos
-        mujoco.mj_forward(m, data)
-        mass_matrix = np.zeros((m.nv, m.nv))
-        mujoco.mj_fullM(m, data, mass_matrix)
-        inertia = np.diag(mass_matrix)
-        for actuator, dof, kp in zip(self._arm_actuators, self._arm_dofs, ARM_KP):
-            kv = 2.0 * np.sqrt(kp * inertia[dof])
-            m.actuator_gainprm[actuator, 0] = kp
-            m.actuator_biasprm[actuator, 1:3] = (-kp, -kv)
-        for actuator, dof in zip(self._finger_actuators, self._dof_index[6:]):
-            kv = 2.0 * np.sqrt(FINGER_KP * inertia[dof])
-            m.actuator_biasprm[actuator, 2] = -kv
-        # Lead (s) that cancels the steady ramp lag of servo + joint damping: q = ctrl - lead * qdot.
-        kp = m.actuator_gainprm[self._arm_actuators, 0]
-        kv = -m.actuator_biasprm[self._arm_actuators, 2]
-        self._feedforward_lead = (kv + m.dof_damping[self._arm_dofs]) / kp
 
     def _renderer(self, height: int, width: int) -> mujoco.Renderer:
         key = (height, width)
@@ -462,7 +140,7 @@ class TabletopEnv:
     def instruction(self) -> str:
         return self.task.instruction if self.task else ''
 
-    def reset(self, task: str | None = None, seed: int | None = None) -> Observation:
+    def reset(self, task: str | None = None, seed: int | None = None) -> SimObservation:
         """New episode. Same (task, seed) => same scene; ``seed=None`` draws from the env's seed."""
         if seed is None:
             seed = int(self._seed_rng.integers(2**31))
@@ -500,7 +178,7 @@ class TabletopEnv:
             raise ValueError('action contains NaN or Inf')
         return np.clip(action, self.action_low, self.action_high)
 
-    def step(self, action) -> Observation:
+    def step(self, action) -> SimObservation:
         action = self.clip_action(action)
         m, d = self.model, self.data
         position, rotation = self.tcp_pose()
@@ -527,15 +205,20 @@ class TabletopEnv:
         self.step_count += 1
         return self.observe()
 
-    def observe(self) -> Observation:
+    @property
+    def touch_start(self) -> np.ndarray:
+        """Where the touch target stood at reset (a touch must not knock it away)."""
+        return self._touch_start
+
+    def observe(self) -> SimObservation:
         d = self.data
         linear, angular = self.tcp_velocity()
-        if not self._success and self._success_now(linear):
+        if not self._success and task_succeeded(self, linear):
             self._success = True
         images = {}
         if self.render_images:
             images = {name: self.render_rgb(name, self.image_size) for name in CAMERA_NAMES}
-        return Observation(
+        return SimObservation(
             images=images,
             joint_names=list(self.joint_names),
             joint_positions=d.qpos[self._qpos_index].astype(np.float64),
@@ -645,17 +328,6 @@ class TabletopEnv:
         offset = self.cube_position(cube_colour) - self.pad_position(pad_colour)
         on_table = offset[2] < CUBE_HALF + 0.01
         return bool(on_table and np.all(np.abs(offset[:2]) <= PAD_HALF))
-
-    def _success_now(self, tcp_linear_velocity: np.ndarray) -> bool:
-        task = self.task
-        if task.kind == 'touch':
-            close = (self.tcp_distance_to_cube(task.target_cube) <= TOUCH_DISTANCE
-                     or self.gripper_touches(task.target_cube))
-            gentle = float(np.linalg.norm(tcp_linear_velocity)) <= TOUCH_MAX_SPEED
-            moved = np.linalg.norm(self.cube_position(task.target_cube)[:2] - self._touch_start[:2])
-            return bool(close and gentle and moved <= TOUCH_MAX_DISPLACEMENT and not self.hard_hit)
-        stopped = float(np.linalg.norm(self.cube_velocity(task.target_cube))) <= PUSH_MAX_CUBE_SPEED
-        return bool(stopped and self.cube_on_pad(task.target_cube, task.target_pad))
 
     # ------------------------------------------------------------------ inverse kinematics
     def _inverse_kinematics(self, target_position, target_rotation, iterations: int | None = None):

@@ -14,14 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from vla_prune_ros.sim.env import (
-    CUBE_HALF,
-    HOME_TCP_ROTATION,
-    MAX_ROTATION_STEP,
-    PUSH_STANDOFF,
-    TabletopEnv,
-    rotation_vector_from_matrix,
-)
+from vla_prune_ros.sim.env import MAX_ROTATION_STEP, TabletopEnv
+from vla_prune_ros.sim.scene import CUBE_HALF, HOME_TCP_ROTATION, rotation_vector_from_matrix
+from vla_prune_ros.sim.tasks import PUSH_STANDOFF
 
 HOVER_HEIGHT = 0.075          # TCP height for moving above the cubes (cube tops are at 0.04)
 PUSH_HEIGHT = 0.018           # TCP height while pushing (fingertips just above the table)

@@ -23,8 +23,10 @@ from std_msgs.msg import Bool, String
 from vla_prune_interfaces.msg import ActionChunk
 from vla_prune_interfaces.srv import ResetEpisode
 
-from ..image_conversion import fill_image_msg
-from .env import ACTION_NAMES, CAMERA_NAMES, TASK_KINDS, TabletopEnv
+from ..data.images import fill_image_msg
+from .env import ACTION_NAMES, TabletopEnv
+from .scene import CAMERA_NAMES
+from .tasks import TASK_KINDS
 
 
 class SimNode(Node):

@@ -1,4 +1,4 @@
-"""``vla-prune demo``: the whole job on a simulated robot, over real DDS.
+"""Simulated episodes through ROS: the simulator and the policy node as processes, over real DDS.
 
 Starts ``vla_prune_sim`` (MuJoCo arm: cameras, joint states, URDF) and ``vla_prune_node`` (the
 bundled default policy) as separate processes, then acts as the user: resets scenes, sends
@@ -6,11 +6,10 @@ instructions as ``RunInstruction`` goals, switches the pruning method live throu
 ``set_parameters`` (what ``ros2 param set`` calls), prints one line per chunk and a summary,
 writes a GIF of an episode and records the run to a rosbag2 (MCAP).
 
-The same harness runs ``vla-prune eval --through-ros``.
+``vla-prune demo`` and ``vla-prune eval --through-ros`` run on this harness.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import random
@@ -22,15 +21,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import yaml
 
-from .evaluation import DEFAULT_POLICY, EpisodeResult, parse_method, summarise
-from .node_config import CONFIG_DIR, NODE_NAME, resolve_launch_parameters
+from ..evaluation import EpisodeResult, parse_method, summarise
+from ..parameters import NODE_NAME, recorded_topics, resolve_launch_parameters, sim_robot_parameters
+from ..paths import SIM_ROBOT_CONFIG
 
 DEMO_EPISODES = (('touch', 6), ('push', 5))   # seeds as in `vla-prune eval`
-RECORDED_TOPICS = ['/action_chunk', '/inference_stats', '/joint_states', '/camera/primary/image_raw',
-                   '/camera/wrist/image_raw', '/task_done', '/diagnostics', '/robot_description']
 CHUNK_STEPS = 8
 
 
@@ -75,7 +72,7 @@ def node_params_file(checkpoint: Path, method: str, directory: Path) -> Path:
     # A loaded 2-core machine can stall the simulator for a few hundred ms: wait for a fresh frame
     # rather than abort the goal (a robot config may prefer 'abort').
     params = resolve_launch_parameters(method, {'checkpoint': str(checkpoint), 'stale_input_policy': 'wait',
-                                                'wait_timeout': 2.0}, [CONFIG_DIR / 'sim_robot.yaml'])
+                                                'wait_timeout': 2.0}, [SIM_ROBOT_CONFIG])
     path = directory / f'params_{checkpoint.name}.yaml'
     path.write_text(yaml.safe_dump({NODE_NAME: {'ros__parameters': params}}))
     return path
@@ -119,8 +116,9 @@ class Client:
         self.node.create_subscription(Image, 'camera/primary/image_raw', self._on_image, qos_profile_sensor_data)
         self.recorder = None
         if record_to is not None:
-            from .recording import BagRecorder
-            self.recorder = BagRecorder(self.node, record_to, topics=RECORDED_TOPICS, discovery_timeout=5.0)
+            from ..data.rosbag import BagRecorder
+            topics = ['/' + topic.lstrip('/') for topic in recorded_topics(sim_robot_parameters())]
+            self.recorder = BagRecorder(self.node, record_to, topics=topics, discovery_timeout=5.0)
         self.executor = MultiThreadedExecutor(num_threads=3)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -144,7 +142,7 @@ class Client:
 
     def _on_image(self, msg) -> None:
         if self.capture and self.gif_frames is not None:
-            from .image_conversion import msg_to_rgb
+            from ..data.images import msg_to_rgb
             self.gif_frames.append(msg_to_rgb(msg))
 
     def wait_ready(self, processes: Processes, timeout: float = 120.0) -> None:
@@ -264,47 +262,11 @@ def default_plan(methods: list[str], checkpoint: Path) -> list[tuple[str, Path]]
     return [(method, path) for _, method, path in (parse_method(m, checkpoint) for m in methods)]
 
 
-def run_through_ros(args) -> dict:
+def run_through_ros(methods: list[str], checkpoint: Path, episodes: list[tuple[str, int]], command: str) -> dict:
     """``vla-prune eval --through-ros``: the eval episodes through the node and the simulator."""
-    from .sim.env import TASK_KINDS
-    tasks = args.tasks.split(',') if args.tasks else list(TASK_KINDS)
-    episodes = [(tasks[i % len(tasks)], args.seed * 1000 + i) for i in range(args.episodes)]
     out = Path(tempfile.mkdtemp(prefix='vla_prune_eval_'))
-    report, _, _ = run_episodes(default_plan(args.methods.split(','), Path(args.checkpoint)), episodes, out,
-                                record=False, gif=False, quiet=True)
+    report, _, _ = run_episodes(default_plan(methods, checkpoint), episodes, out, record=False, gif=False, quiet=True)
     return {'methods': {m: {'method': m, 'checkpoint': r['checkpoint'], **summarise(r['episodes'])}
                         for m, r in report.items()},
-            'meta': {'command': 'vla-prune eval ' + ' '.join(args.argv), 'through_ros': True}}
+            'meta': {'command': command, 'through_ros': True}}
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='vla-prune demo', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--methods', default='none,specprune,lightvla')
-    parser.add_argument('--checkpoint', default=str(DEFAULT_POLICY))
-    parser.add_argument('--out', default='runs/demo', help='logs, GIF and bag go here')
-    parser.add_argument('--no-record', action='store_true')
-    args = parser.parse_args(argv)
-    out = Path(args.out) / time.strftime('%Y%m%d-%H%M%S')
-    out.mkdir(parents=True, exist_ok=True)
-    print(f'vla_prune_ros demo: simulated arm + vla_prune_node over DDS (logs in {out})', flush=True)
-    plan = default_plan(args.methods.split(','), Path(args.checkpoint))
-    report, gif, bag = run_episodes(plan, list(DEMO_EPISODES), out, record=not args.no_record, gif=True)
-    print('\nsummary')
-    print(f"{'method':<14}{'episode':<44}{'result':<9}{'chunks':>7}{'latency ms':>12}{'tokens':>8}{'fine':>7}")
-    for method, data in report.items():
-        for e in data['episodes']:
-            print(f"{method:<14}{e.instruction[:42]:<44}{'success' if e.success else 'failed':<9}{e.inferences:>7}"
-                  f"{1000 * np.mean(e.latencies) if e.latencies else float('nan'):>12.1f}"
-                  f"{np.mean(e.tokens) if e.tokens else float('nan'):>8.0f}"
-                  f"{e.fine_steps / max(e.steps, 1):>7.0%}")
-    print(f"\n{'method':<14}{'success':>9}{'mean latency ms':>17}{'mean tokens':>13}{'FLOPs ratio':>13}")
-    for method, data in report.items():
-        s = summarise(data['episodes'])
-        print(f"{method:<14}{s['successes']:>5}/{s['episodes']:<3}{s['mean_latency_ms'] or float('nan'):>17.1f}"
-              f"{s['mean_tokens_kept'] or float('nan'):>13.0f}{s['flops_ratio'] or float('nan'):>13.2f}")
-    if gif:
-        print(f'\nGIF of the first episode: {gif}')
-    if bag:
-        print(f'bag: {bag}  (ros2 bag info {bag})')
-    return 0

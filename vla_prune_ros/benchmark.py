@@ -1,4 +1,4 @@
-"""``vla-prune bench``: every method against the unpruned baseline, measured in the same run.
+"""The benchmark behind ``vla-prune bench``: every method against the unpruned baseline, measured in the same run.
 
 All methods share one model and see the same realistic frame sequence (an expert episode
 of the simulated arm rendered at the model's resolution: consecutive frames of a moving
@@ -13,12 +13,9 @@ be read against the papers' (1.46-1.57x; 59 % FLOPs cut, 1.62x).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,7 +57,8 @@ def preset_config(name: str, attn_implementation: str = 'sdpa') -> VLAConfig:
 
 def frame_sequence(count: int, size: int, seed: int) -> tuple[list[list[np.ndarray]], list[float]]:
     """Consecutive frames of the simulated expert pushing a cube, one per chunk (8 control steps)."""
-    from .sim.env import CAMERA_NAMES, TabletopEnv
+    from .sim.env import TabletopEnv
+    from .sim.scene import CAMERA_NAMES
     from .sim.expert import ScriptedExpert
     frames, speeds = [], []
     with TabletopEnv(image_size=size, seed=seed) as env:
@@ -110,7 +108,7 @@ def run(args: argparse.Namespace) -> dict:
                 samples[label].append(out.record)
     results = summarise(samples, config)
     results['meta'] = {
-        'command': 'vla-prune bench ' + ' '.join(args.argv), 'preset': args.preset, 'attn': args.attn,
+        'command': args.command, 'preset': args.preset, 'attn': args.attn,
         'torch_threads': torch.get_num_threads(), 'frames': args.frames, 'warmup': args.warmup,
         'parameters': count_parameters(model), 'sequence_length': samples['none'][0].tokens_total if 'none' in samples
         else None, 'vision_flops_share': vision_share(config, samples),
@@ -170,37 +168,3 @@ def table(results: dict) -> str:
                      f"{row.get('flops_speedup', 1):>9.2f}x{row.get('efficiency', 1):>6.2f}{row['pruning_ms']:>9.2f}"
                      f"{100 * row.get('pruning_share', 0):>7.2f}%")
     return '\n'.join(lines)
-
-
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog='vla-prune bench', description=__doc__,
-                                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--preset', default='oft-scaled', choices=['oft-scaled', 'tiny'])
-    parser.add_argument('--methods', default='none,specprune,lightvla,lightvla_star')
-    parser.add_argument('--frames', type=int, default=8, help='measured frames per method')
-    parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--attn', default='sdpa', choices=['sdpa', 'eager'])
-    parser.add_argument('--threads', type=int, default=0)
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--no-paper-points', action='store_true', help='skip the forced paper operating points')
-    parser.add_argument('--json', help='write the results here')
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[2:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv
-    if 'none' not in args.methods.split(','):
-        args.methods = 'none,' + args.methods
-    results = run(args)
-    print(table(results))
-    meta = results['meta']
-    print(f"\npreset {meta['preset']}: {meta['parameters'] / 1e6:.1f}M parameters, {meta['sequence_length']} tokens, "
-          f"vision {100 * meta['vision_flops_share']:.1f}% of FLOPs, {meta['torch_threads']} threads, "
-          f"median of {meta['frames']} frames after {meta['warmup']} warm-up")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2))
-        print(f'wrote {args.json}')
-    return 0

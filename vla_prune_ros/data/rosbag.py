@@ -15,14 +15,11 @@ missing type are registered from their installed ``.msg`` files, looked up via
 (the venv, where the wheels and our interfaces are installed), then this
 source tree.
 
-rclpy is imported lazily, inside :class:`BagRecorder` and :func:`record_main`,
+rclpy is imported lazily, inside :class:`BagRecorder` (and ``vla-prune record``),
 so :func:`read_bag` works on a machine without ROS.
 """
-import argparse
 import importlib
-import math
 import os
-import signal
 import sys
 import threading
 import time
@@ -33,9 +30,10 @@ from rosbags.interfaces import Nodetype, Qos, QosDurability, QosHistory, QosLive
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from ..paths import SOURCE_ROOT
+
 CUSTOM_INTERFACE_PACKAGES = ('vla_prune_interfaces',)
 STORAGE_PLUGINS = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
-_SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the repository, when running from source
 
 # ROS_DISTRO -> rosbags typestore; Kilted is what the PyPI wheels are.
 _DISTRO_STORES = {
@@ -56,7 +54,7 @@ def _package_share_dirs(package: str) -> list[Path]:
         pass
     for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
         candidates.append(Path(prefix) / 'share' / package)
-    candidates.append(_SOURCE_ROOT / package)  # source tree: <repo>/<package>/msg/*.msg
+    candidates.append(SOURCE_ROOT / package)  # source tree: <repo>/<package>/msg/*.msg
     return [path for path in candidates if path.is_dir()]
 
 
@@ -101,7 +99,7 @@ def ensure_msg_type(typestore, msgtype: str) -> None:
         path = find_msg_file(name)
         if path is None:
             raise LookupError(f'no .msg definition found for {name!r} (searched ament index, '
-                              f'{sys.prefix}/share and {_SOURCE_ROOT})')
+                              f'{sys.prefix}/share and {SOURCE_ROOT})')
         types = get_types_from_msg(path.read_text(), name)
         found.update(types)
         pending.extend(_referenced_types(types[name]))
@@ -328,91 +326,3 @@ class BagRecorder:
                 self._writer.close()
                 self._writer = None
         return dict(self.counts)
-
-
-# --- command line ----------------------------------------------------------------
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='vla-prune record',
-        description='Record ROS 2 topics into a rosbag2 bag (readable by `ros2 bag`), without the ROS CLI.')
-    parser.add_argument('output', metavar='OUT', help='bag directory to create (must not exist)')
-    parser.add_argument('--topics', nargs='+', metavar='TOPIC', help='topics to record (default: all)')
-    parser.add_argument('--duration', type=float, default=None, help='stop after this many seconds')
-    parser.add_argument('--storage', choices=sorted(STORAGE_PLUGINS), default='mcap')
-    parser.add_argument('--discovery-timeout', type=float, default=10.0,
-                        help='seconds to wait for the requested topics before starting')
-    parser.add_argument('--queue-depth', type=int, default=100, help='subscription queue depth')
-    return parser
-
-
-def record_main(argv: list[str]) -> int:
-    """Body of ``vla-prune record OUT [--topics ...] [--duration S] [--storage mcap|sqlite3]``.
-
-    Stops on --duration, SIGINT or SIGTERM, closes the bag cleanly and prints the
-    message count per topic. Returns the process exit code.
-    """
-    try:
-        args = _build_parser().parse_args(argv)
-    except SystemExit as exit_request:  # --help or a usage error; argparse already printed
-        return int(exit_request.code or 0)
-    if args.duration is not None and not (args.duration > 0 and math.isfinite(args.duration)):
-        print(f'error: --duration must be a positive number of seconds, got {args.duration}', file=sys.stderr)
-        return 2
-    if Path(args.output).exists():
-        print(f'error: {args.output} exists already; choose a new bag directory', file=sys.stderr)
-        return 1
-
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
-
-    stop_requested = threading.Event()
-    previous_handlers = {}
-
-    def request_stop(signum, frame):
-        stop_requested.set()
-
-    if threading.current_thread() is threading.main_thread():  # signal handlers only work there
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous_handlers[signum] = signal.signal(signum, request_stop)
-
-    context = rclpy.Context()
-    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
-    node = rclpy.create_node('vla_prune_recorder', context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    recorder = BagRecorder(node, args.output, topics=args.topics, storage=args.storage,
-                           discovery_timeout=args.discovery_timeout, queue_depth=args.queue_depth)
-    try:
-        print(f'recording to {args.output} ({args.storage})', flush=True)
-        missing = recorder.start()
-        print(f'subscribed to {len(recorder.counts)} topic(s): {" ".join(sorted(recorder.counts))}', flush=True)
-        if missing:
-            print(f'warning: not seen yet, still waiting for: {" ".join(missing)}', flush=True)
-        started = time.monotonic()
-        while not stop_requested.is_set():
-            if args.duration is not None and time.monotonic() - started >= args.duration:
-                break
-            executor.spin_once(timeout_sec=0.05)
-    finally:
-        counts = recorder.stop()
-        executor.remove_node(node)
-        node.destroy_node()
-        executor.shutdown()
-        rclpy.shutdown(context=context)
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
-
-    for topic, reason in recorder.skipped.items():
-        print(f'skipped {topic}: {reason}')
-    for topic in recorder.missing_topics:
-        print(f'never seen: {topic}')
-    for topic, count in sorted(counts.items()):
-        print(f'{topic}: {count} messages')
-    print(f'total: {sum(counts.values())} messages in {args.output}', flush=True)
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(record_main(sys.argv[1:]))

@@ -30,13 +30,16 @@ Differences from the published rule, all deliberate:
 Plain Python, no torch and no ROS.
 """
 import math
-from dataclasses import dataclass, fields
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Optional, Sequence
+
+from ..options import Options, option
 
 COARSE = 'coarse'
 FINE = 'fine'
 MODES = (COARSE, FINE)
 UNKNOWN_VELOCITY_MODES = ('fine', 'hold')
+INF = math.inf
 
 # Scale from SpecPrune-VLA's normalised-action thresholds to the SI defaults below.
 # On LIBERO's OSC controller one normalised translation unit is about 0.05 m per
@@ -47,8 +50,8 @@ _SI_PER_TRANSLATION_UNIT = 1.0 * 0.125   # m/s per normalised unit
 _SI_PER_ROTATION_UNIT = 10.0 * 0.125     # rad/s per normalised unit
 
 
-@dataclass
-class ControllerConfig:
+@dataclass(frozen=True)
+class ControllerConfig(Options):
     """Thresholds of the coarse/fine controller, in SI units.
 
     The defaults suit a tabletop arm; a robot config overrides them. Each is the
@@ -71,29 +74,32 @@ class ControllerConfig:
     unknown (None/NaN); 'hold' keeps the current mode.
     """
 
-    fine_enter_speed: float = 0.4 * _SI_PER_TRANSLATION_UNIT            # 0.05 m/s
-    fine_enter_xy_speed: float = 0.1 * _SI_PER_TRANSLATION_UNIT         # 0.0125 m/s
-    fine_enter_z_speed: float = 0.1 * _SI_PER_TRANSLATION_UNIT          # 0.0125 m/s
-    fine_enter_angular_speed: float = 0.2 * _SI_PER_ROTATION_UNIT       # 0.25 rad/s
-    fine_exit_speed: float = 0.10                                       # m/s
-    fine_exit_z_speed: float = 0.2 * _SI_PER_TRANSLATION_UNIT           # 0.025 m/s
-    fine_exit_angular_speed: float = 0.3 * _SI_PER_ROTATION_UNIT        # 0.375 rad/s
-    min_dwell_time: float = 0.3                                         # s
-    unknown_velocity_mode: str = 'fine'
+    prefix: ClassVar[str] = 'controller'
 
-    def __post_init__(self):
-        for field in fields(self):
-            if field.name == 'unknown_velocity_mode':
-                continue
-            value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f'{field.name} must be a number, got {value!r}')
-            value = float(value)
-            if math.isnan(value) or value < 0.0:
-                raise ValueError(f'{field.name} must be a non-negative number, got {value!r}')
-            setattr(self, field.name, value)
-        if math.isinf(self.min_dwell_time):
-            raise ValueError('min_dwell_time must be finite, got inf')
+    fine_enter_speed: float = option(0.4 * _SI_PER_TRANSLATION_UNIT,                     # 0.05 m/s
+                                     'Enter fine below this end-effector speed (m/s).', low=0.0, high=INF)
+    fine_enter_xy_speed: float = option(
+        0.1 * _SI_PER_TRANSLATION_UNIT,                                                  # 0.0125 m/s
+        'Enter fine when the horizontal speed (m/s) is below this (with z and angular).', low=0.0, high=INF)
+    fine_enter_z_speed: float = option(
+        0.1 * _SI_PER_TRANSLATION_UNIT,                                                  # 0.0125 m/s
+        'Enter fine when the vertical speed (m/s, signed) is below this (with xy and angular).', low=0.0, high=INF)
+    fine_enter_angular_speed: float = option(
+        0.2 * _SI_PER_ROTATION_UNIT,                                                     # 0.25 rad/s
+        'Enter fine when the angular speed (rad/s) is below this (with xy and z).', low=0.0, high=INF)
+    fine_exit_speed: float = option(0.10, 'Leave fine above this speed (m/s); inf gives the published rule.',
+                                    low=0.0, high=INF)
+    fine_exit_z_speed: float = option(0.2 * _SI_PER_TRANSLATION_UNIT,                     # 0.025 m/s
+                                      'Leave fine above this upward speed (m/s).', low=0.0, high=INF)
+    fine_exit_angular_speed: float = option(
+        0.3 * _SI_PER_ROTATION_UNIT,                                                     # 0.375 rad/s
+        'Leave fine above this angular speed (rad/s) when no actions are queued.', low=0.0, high=INF)
+    min_dwell_time: float = option(0.3, 'A mode switch must hold this long (s) before it takes effect.',
+                                   low=0.0, high=60.0)
+    unknown_velocity_mode: str = option('fine', "Unknown velocity: 'fine' at once, or 'hold' the current mode.",
+                                        choices=UNKNOWN_VELOCITY_MODES)
+
+    def check(self):
         for exit_name, enter_name in (('fine_exit_speed', 'fine_enter_speed'),
                                       ('fine_exit_z_speed', 'fine_enter_z_speed'),
                                       ('fine_exit_angular_speed', 'fine_enter_angular_speed')):
@@ -101,9 +107,6 @@ class ControllerConfig:
             if not exit_value > enter_value:
                 raise ValueError(f'{exit_name} ({exit_value}) must be greater than '
                                  f'{enter_name} ({enter_value}) for hysteresis')
-        if self.unknown_velocity_mode not in UNKNOWN_VELOCITY_MODES:
-            raise ValueError(f'unknown_velocity_mode must be one of {UNKNOWN_VELOCITY_MODES}, '
-                             f'got {self.unknown_velocity_mode!r}')
 
 
 @dataclass(frozen=True)
