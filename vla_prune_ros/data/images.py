@@ -178,3 +178,55 @@ def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
         return rgb.copy()
     interpolation = cv2.INTER_AREA if size <= min(height, width) else cv2.INTER_LINEAR
     return np.ascontiguousarray(cv2.resize(rgb, (size, size), interpolation=interpolation))
+
+
+# sensor_msgs/CompressedImage.format is free text ("jpeg", "png", "rgb8; jpeg compressed bgr8",
+# "bgr8; png compressed bgr8", ...): the codec is whichever of these words it names.
+COMPRESSED_FORMATS = ('jpeg', 'jpg', 'png')
+
+
+def compressed_image_to_rgb(format: str, data) -> np.ndarray:  # noqa: A002 - the message field's name
+    """Decode a sensor_msgs/CompressedImage (JPEG or PNG) to a contiguous H x W x 3 uint8 RGB array.
+
+    ``format`` is the message's format string; it must name jpeg/jpg or png (compressed depth
+    and other codecs are refused). OpenCV decodes to BGR (or grey/BGRA), converted to RGB here.
+    Raises :class:`ImageConversionError` (a ValueError) naming the problem.
+    """
+    text = str(format or '').lower()
+    if not any(word in text for word in COMPRESSED_FORMATS):
+        raise ImageConversionError(
+            f'unsupported compressed image format {format!r}; supported: JPEG or PNG')
+    if 'compresseddepth' in text.replace(' ', ''):
+        raise ImageConversionError(f'compressed depth images are not supported (format {format!r})')
+    buffer = _as_uint8_buffer(data)
+    if buffer.size == 0:
+        raise ImageConversionError('compressed image has no data')
+    decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if decoded is None:
+        raise ImageConversionError(
+            f'compressed image data ({buffer.size} bytes) could not be decoded as {format!r}')
+    if decoded.dtype != np.uint8:
+        raise ImageConversionError(f'compressed image decodes to {decoded.dtype}, expected 8-bit')
+    if decoded.ndim == 2:
+        rgb = cv2.cvtColor(decoded, cv2.COLOR_GRAY2RGB)
+    elif decoded.shape[2] == 4:
+        rgb = cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGB)
+    elif decoded.shape[2] == 3:
+        rgb = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    else:
+        raise ImageConversionError(f'compressed image decodes to {decoded.shape[2]} channels')
+    return np.ascontiguousarray(rgb)
+
+
+def rgb_to_compressed(rgb: np.ndarray, format: str = 'jpeg', quality: int = 90) -> dict:  # noqa: A002
+    """Encode an RGB array as sensor_msgs/CompressedImage fields: {'format', 'data' (bytes)}."""
+    rgb = _check_rgb(rgb)
+    codec = format.lower()
+    if codec not in COMPRESSED_FORMATS:
+        raise ImageConversionError(f'unsupported compressed image format {format!r}; supported: jpeg, png')
+    extension = '.png' if codec == 'png' else '.jpg'
+    flags = [] if codec == 'png' else [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    ok, encoded = cv2.imencode(extension, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), flags)
+    if not ok:
+        raise ImageConversionError(f'OpenCV could not encode the image as {format!r}')
+    return {'format': 'png' if codec == 'png' else 'jpeg', 'data': encoded.tobytes()}
