@@ -266,7 +266,8 @@ def run_through_ros(methods: list[str], checkpoint: Path, episodes: list[tuple[s
     """``vla-prune eval --through-ros``: the eval episodes through the node and the simulator."""
     out = Path(tempfile.mkdtemp(prefix='vla_prune_eval_'))
     report, _, _ = run_episodes(default_plan(methods, checkpoint), episodes, out, record=False, gif=False, quiet=True)
-    return {'methods': {m: {'method': m, 'checkpoint': r['checkpoint'], **summarise(r['episodes'])}
+    baseline = report['none']['episodes'] if 'none' in report else None
+    return {'methods': {m: {'method': m, 'checkpoint': r['checkpoint'], **summarise(r['episodes'], baseline)}
                         for m, r in report.items()},
             'meta': {'command': command, 'through_ros': True}}
 
