@@ -35,6 +35,19 @@ def test_collect_writes_the_documented_format(demos):
         assert episode.instruction.startswith(('touch the', 'push the'))
 
 
+def test_a_time_capped_lightvla_run_still_anneals_its_noise_to_zero(demos, tmp_path):
+    out, _ = demos
+    parser = argparse.ArgumentParser()
+    train_arguments(parser)
+    args = parser.parse_args(['--data', str(out), '--out', str(tmp_path / 'capped'), '--steps', '100000',
+                              '--batch-size', '2', '--method', 'lightvla', '--image-size', '56',
+                              '--max-minutes', '0.05'])
+    train(args)
+    record = json.loads((tmp_path / 'capped' / 'training_args.json').read_text())
+    assert record['steps_done'] < 100000
+    assert record['noise_scale_first_last'] == [1.0, 0.0]
+
+
 def test_collect_train_load_and_run_an_episode(demos, tmp_path):
     out, _ = demos
     checkpoint = tmp_path / 'policy'
@@ -45,6 +58,7 @@ def test_collect_train_load_and_run_an_episode(demos, tmp_path):
     train(args)
     record = json.loads((checkpoint / 'training_args.json').read_text())
     assert np.isfinite(record['final_loss']) and record['episodes'] == 2
+    assert record['noise_scale_first_last'] == [1.0, 0.0]     # LightVLA's selection noise annealed 1 -> 0
 
     from vla_prune_ros.control.controller import CoarseFineController
     from vla_prune_ros.evaluation import run_episode

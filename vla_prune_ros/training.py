@@ -228,9 +228,18 @@ def train(args: argparse.Namespace) -> Path:
     progress = tqdm(range(first_step, args.steps), desc='train', disable=not accelerator.is_main_process,
                     dynamic_ncols=True, initial=first_step, total=args.steps)
     started, last_save, kept, aux_loss = time.time(), time.time(), float('nan'), float('nan')
+    noise_scales = []
     for step in progress:
         if pruner is not None:
-            pruner.set_noise_scale(1.0 - step / max(args.steps - 1, 1))   # annealed 1 -> 0
+            # Annealed 1 -> 0 over the steps that will really run: whichever of the step count and
+            # the time budget is nearer its end sets the progress, so a time-capped run ends at 0 too.
+            done = step / max(args.steps - 1, 1)
+            if args.max_minutes and step > first_step:
+                elapsed = wall_before + time.time() - started
+                per_step = (time.time() - started) / (step - first_step)
+                done = max(done, (elapsed + per_step) / (60 * args.max_minutes))
+            noise_scales.append(max(0.0, 1.0 - min(done, 1.0)))
+            pruner.set_noise_scale(noise_scales[-1])
         batch = batches.sample(args.batch_size, accelerator.device)
         with accelerator.autocast():
             predicted, readout = model(batch['pixels'], batch['proprio'], batch['ids'], batch['padding'],
@@ -252,7 +261,8 @@ def train(args: argparse.Namespace) -> Path:
         if pruner is not None and step % 25 == 0:
             kept = pruner_kept_fraction(core, pruner, batch)
         progress.set_postfix(loss=f'{np.mean(losses[-50:]):.4f}', aux=f'{aux_loss:.3f}', kept=f'{kept:.2f}')
-        if args.max_minutes and wall_before + time.time() - started > 60 * args.max_minutes:
+        if args.max_minutes and (noise_scales[-1:] == [0.0] or
+                                 wall_before + time.time() - started > 60 * args.max_minutes):
             progress.write(f'time budget of {args.max_minutes} min reached at step {step + 1}; saving')
             break
         if args.checkpoint_minutes and time.time() - last_save > 60 * args.checkpoint_minutes:
@@ -272,6 +282,8 @@ def train(args: argparse.Namespace) -> Path:
                   'args': vars(args), 'final_loss': float(np.mean(losses[-100:])),
                   'wall_time_s': round(wall_before + time.time() - started, 1), 'steps_done': len(losses),
                   'episodes': len(episodes), 'transitions': len(batches)}
+        if noise_scales:
+            record['noise_scale_first_last'] = [noise_scales[0], noise_scales[-1]]
         (out / 'training_args.json').write_text(json.dumps(record, indent=2))
         resume_path.unlink(missing_ok=True)
     return out
