@@ -40,11 +40,18 @@ def main(args: argparse.Namespace) -> int:
                   f"{1000 * np.mean(e.latencies) if e.latencies else float('nan'):>12.1f}"
                   f"{np.mean(e.tokens) if e.tokens else float('nan'):>8.0f}"
                   f"{e.fine_steps / max(e.steps, 1):>7.0%}")
-    print(f"\n{'method':<14}{'success':>9}{'mean latency ms':>17}{'mean tokens':>13}{'FLOPs ratio':>13}")
-    for method, data in report.items():
-        s = summarise(data['episodes'])
-        print(f"{method:<14}{s['successes']:>5}/{s['episodes']:<3}{s['mean_latency_ms'] or float('nan'):>17.1f}"
+    print(f"\n{'method':<14}{'success':>9}{'mean latency ms':>17}{'vs none':>9}{'mean tokens':>13}"
+          f"{'FLOPs ratio':>13}")
+    rows = {method: summarise(data['episodes']) for method, data in report.items()}
+    baseline = (rows.get('none') or {}).get('mean_latency_ms')
+    for method, s in rows.items():
+        latency = s['mean_latency_ms']
+        ratio = f'{latency / baseline:.2f}x' if latency and baseline else '-'
+        print(f"{method:<14}{s['successes']:>5}/{s['episodes']:<3}{latency or float('nan'):>17.1f}{ratio:>9}"
               f"{s['mean_tokens_kept'] or float('nan'):>13.0f}{s['flops_ratio'] or float('nan'):>13.2f}")
+    if baseline:
+        print('latency "vs none" is measured in this run, on this machine, with this policy: what pruning '
+              'changed here, not a published figure')
     if gif:
         print(f'\nGIF of the first episode: {gif}')
     if bag:
