@@ -93,7 +93,7 @@ class FixedKeep(PruningMethod):
         mask = torch.tensor([int(p) in kept for p in positions], dtype=torch.bool)
         return PruneResult(keep=torch.nonzero(mask)[:, 0])
 
-    def before_llm(self, hidden, positions, layout, step):
+    def before_llm(self, hidden, positions, layout, step, padding=None):
         return None if self.keep_before is None else self._indices(positions, self.keep_before)
 
     def after_layer(self, layer, hidden, positions, layout, step, attention):

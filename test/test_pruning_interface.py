@@ -63,8 +63,8 @@ def spy_on(method: PruningMethod, calls: list):
             calls.append((where, len(positions) - len(kept)))
         return result
 
-    method.before_llm = lambda hidden, positions, layout, step: check(
-        before_llm(hidden, positions, layout, step), positions, layout, 'before layer 0')
+    method.before_llm = lambda hidden, positions, layout, step, padding=None: check(
+        before_llm(hidden, positions, layout, step, padding), positions, layout, 'before layer 0')
     method.after_layer = lambda layer, hidden, positions, layout, step, attention: check(
         after_layer(layer, hidden, positions, layout, step, attention), positions, layout, f'after layer {layer}')
 
@@ -154,7 +154,7 @@ def every_other_patch():
         name = 'every_other_patch'
         options_class = EveryOtherPatchOptions
 
-        def before_llm(self, hidden, positions, layout, step):
+        def before_llm(self, hidden, positions, layout, step, padding=None):
             offset = positions - layout.patch_start
             keep = ~layout.is_visual(positions) | (offset % layout.patches_per_camera % self.options.stride == 0)
             step.report('every_other_patch', int(keep.sum()))

@@ -1,6 +1,6 @@
 """LightVLA and LightVLA* pinned down against an independent recomputation of the scores.
 
-    P = rmsnorm(patches)              T = rmsnorm(every non-patch token)
+    P = rmsnorm(patches)              T = rmsnorm(every non-patch token except BOS)
     Q = rmsnorm(softmax(P Tᵀ/√D) T)   S = Q Pᵀ/√D
 
 Inference keeps the union of each row's argmax; training replaces the patches by ``S_hard @ P``
@@ -8,6 +8,7 @@ Inference keeps the union of each row's argmax; training replaces the patches by
 formulas above, not from the method's code.
 """
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from transformers import LlamaConfig, LlamaModel
 from model_fixtures import INSTRUCTIONS, example_inputs, random_frames, tiny_model_and_tokenizer
 from vla_prune_ros.model import ForwardTrace
 from vla_prune_ros.model.checkpoint import save_checkpoint
+from vla_prune_ros.model.processing import pad_prompts
 from vla_prune_ros.policy import VLAPolicy
 from vla_prune_ros.pruning import InferenceStep, create_method
 
@@ -33,7 +35,9 @@ def reference_scores(embeddings: torch.Tensor, layout, queries: torch.Tensor | N
     x = embeddings[0].detach().double()
     is_patch = torch.zeros(len(x), dtype=torch.bool)
     is_patch[layout.patch_start:layout.patch_end] = True
-    P, T = rmsnorm(x[is_patch]), rmsnorm(x[~is_patch])
+    is_query = ~is_patch
+    is_query[layout.bos] = False             # the reference splits [BOS | patches | rest]; T is rest
+    P, T = rmsnorm(x[is_patch]), rmsnorm(x[is_query])
     D = x.shape[-1]
     Q = rmsnorm(torch.softmax(P @ T.T / math.sqrt(D), dim=-1) @ T) if queries is None else rmsnorm(queries.double())
     return Q @ P.T / math.sqrt(D)
@@ -130,7 +134,7 @@ def test_training_keeps_the_length_and_replaces_patches_by_hard_selection():
     torch.testing.assert_close(result.hidden[0, is_patch], patches[chosen], atol=1e-6, rtol=0)   # one-hot rows
     assert torch.equal(result.hidden[0, ~is_patch], embeddings[0, ~is_patch])
     # each row carries the position id of the patch it selected, as at inference
-    assert torch.equal(result.rope_positions[0, is_patch], torch.arange(layout.seq_len)[is_patch][chosen])
+    assert torch.equal(result.rope_source[0, is_patch], torch.arange(layout.seq_len)[is_patch][chosen])
 
     trace = ForwardTrace()
     with torch.no_grad():
@@ -177,7 +181,8 @@ def basis_selection_draws(noise: str, scale: float, row: list[float], draws: int
     is_patch[1:n + 1] = True
     scores = torch.tensor(row).expand(draws, n, n).clone()
     torch.manual_seed(0)
-    selected = method._soft_select(hidden, scores, is_patch)[0][:, is_patch].reshape(-1, n)
+    layout = SimpleNamespace(patch_start=1, patch_end=n + 1)
+    selected = method._soft_select(hidden, scores, layout)[0][:, is_patch].reshape(-1, n)
     torch.testing.assert_close(selected, torch.eye(n)[selected.argmax(-1)], atol=1e-6, rtol=0)   # one-hot rows
     return np.bincount(selected.argmax(-1).numpy(), minlength=n) / len(selected)
 
@@ -275,3 +280,61 @@ def test_policy_loads_saved_star_queries(tmp_path):
     policy = VLAPolicy.from_checkpoint(wrong, method='lightvla_star')
     with pytest.raises(ValueError, match='lightvla_star'):
         policy.infer(frames, np.zeros(8), INSTRUCTIONS[0])
+
+
+# ----------------------------------------------------------------------------- padded batches
+
+def padded_batch(model, tokenizer):
+    """Three observations, the first with a 7-word-shorter instruction (so 7 pad tokens), batched as training does."""
+    samples = [example_inputs(model, tokenizer, instruction, seed)
+               for seed, instruction in enumerate([INSTRUCTIONS[0], INSTRUCTIONS[1], INSTRUCTIONS[1]])]
+    ids, padding = pad_prompts([sample[2][0].tolist() for sample in samples], model.config)
+    assert int(padding[0].sum()) == 7 and not padding[1:].any()
+    batch = (torch.cat([s[0] for s in samples]), torch.cat([s[1] for s in samples]), ids)
+    return samples, batch, padding
+
+
+@pytest.mark.parametrize('name', ['lightvla', 'lightvla_star'])
+@pytest.mark.parametrize('training', [True, False])
+def test_a_padded_batch_gives_each_sample_its_own_outputs_and_loss(name, training):
+    model, tokenizer = tiny_model_and_tokenizer(seed=4)
+    samples, batch, padding = padded_batch(model, tokenizer)
+    method = create_method(name)            # noise_scale 0
+    method.train(training)
+    if name == 'lightvla_star':
+        torch.manual_seed(5)
+        with torch.no_grad():
+            method.ensure_queries(32, model.hidden_size).queries.normal_(std=0.5)
+    target = torch.linspace(-1, 1, 56).reshape(1, 8, 7)
+    with torch.no_grad():
+        alone = [model(*sample, pruner=method) for sample in samples]
+        together = model(*batch, prompt_padding=padding, pruner=method)
+    for row, single in enumerate(alone):
+        torch.testing.assert_close(together[row:row + 1], single, atol=ATOL, rtol=0)
+        loss_alone = torch.nn.functional.l1_loss(single, target)
+        loss_in_batch = torch.nn.functional.l1_loss(together[row:row + 1], target)
+        assert abs(float(loss_in_batch - loss_alone)) < ATOL
+    # The selection differs between the samples, so the batch really mixes per-row sets.
+    layout = model.layout(samples[0][2].shape[1] - 1)
+    with torch.no_grad():
+        chosen = [method.selected_patches(method.scores(
+            model.embed_sequence(model.encode_images(s[0]), s[1], s[2]), layout if i == 0 else
+            model.layout(s[2].shape[1] - 1)))[0] for i, s in enumerate(samples)]
+    assert not torch.equal(chosen[1], chosen[2])
+
+
+def test_pad_tokens_are_never_queries():
+    """Changing what sits in the pad slots (the model masks them as keys) changes nothing LightVLA selects."""
+    model, tokenizer = tiny_model_and_tokenizer(seed=4)
+    _, (pixels, proprio, ids), padding = padded_batch(model, tokenizer)
+    method = create_method('lightvla')
+    with torch.no_grad():
+        embeddings = model.embed_sequence(model.encode_images(pixels), proprio, ids)
+        layout = model.layout(ids.shape[1] - 1)
+        full = torch.zeros(embeddings.shape[:2], dtype=torch.bool)
+        full[:, layout.prompt_start:layout.readout_index + 1] = padding
+        garbage = embeddings.clone()
+        garbage[full] = torch.randn(int(full.sum()), embeddings.shape[-1]) * 10
+        torch.testing.assert_close(method.scores(garbage, layout, full), method.scores(embeddings, layout, full),
+                                   atol=1e-6, rtol=0)
+        assert not torch.allclose(method.scores(garbage, layout), method.scores(embeddings, layout), atol=1e-3)

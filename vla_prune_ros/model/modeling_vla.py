@@ -323,6 +323,11 @@ class VLAModel(nn.Module):
         keep |= ~layout.is_visual(positions)
         index = torch.nonzero(keep)[:, 0]
         key_padding = key_padding[:, index] if key_padding is not None else None
+        if result.ignored is not None:     # per-row sets in a batch: the union is kept, the rest masked per row
+            ignored = torch.zeros(hidden.shape[0], len(positions), dtype=torch.bool, device=positions.device)
+            ignored[:, result.keep] = result.ignored
+            ignored = ignored[:, index]
+            key_padding = ignored if key_padding is None else key_padding | ignored
         return hidden[:, index], positions[index], key_padding
 
     def run_llm(self, embeddings: torch.Tensor, layout: TokenLayout, pruner=None, step=None,
@@ -339,9 +344,9 @@ class VLAModel(nn.Module):
         hidden = embeddings
         pruning_started = time.perf_counter()
         if pruner is not None:
-            result = pruner.before_llm(hidden, positions, layout, step)
-            if result is not None and result.rope_positions is not None:
-                rope_base = result.rope_positions
+            result = pruner.before_llm(hidden, positions, layout, step, padding=key_padding)
+            if result is not None and result.rope_source is not None:
+                rope_base = rope_base.gather(1, result.rope_source)
             hidden, positions, key_padding = self._apply_pruning(result, hidden, positions, key_padding, layout)
         pruning_time = time.perf_counter() - pruning_started
         attention_layers = pruner.attention_layers(len(self.llm.layers)) if pruner is not None else ()

@@ -5,6 +5,11 @@ and after any layer (``after_layer``). At each it may return the indices to keep
 does the gathering, recomputes RoPE and the mask for the kept tokens (which keep their
 original position ids), and always keeps non-visual tokens whatever a method returns.
 
+``before_llm`` also gets ``padding`` (B, L), True at pad tokens of a padded training batch
+(None otherwise), so a method never treats padding as content. RoPE positions stay the
+model's (padding-aware) ones: a method that moves hidden states between rows says, per row,
+which source row's position it carries (``rope_source``), and the model gathers.
+
 Adding a method is one new module that subclasses ``PruningMethod``, declares its ``Options`` and
 calls ``register`` (``registry``).
 """
@@ -23,7 +28,12 @@ from ..options import Options
 class PruneResult:
     keep: torch.Tensor | None = None      # indices into the *current* sequence to keep
     hidden: torch.Tensor | None = None    # replacement hidden states, same length (training-time soft selection)
-    rope_positions: torch.Tensor | None = None   # (B, L) RoPE positions to use with ``hidden`` (before layer 0 only)
+    # (B, L) per row of ``hidden``, the index of the current token whose RoPE position it takes
+    # (before layer 0 only; the model gathers from its padding-aware positions).
+    rope_source: torch.Tensor | None = None
+    # (B, len(keep)) True where a row must ignore a kept token (treated like padding): batched
+    # inference where each row keeps its own set and the batch keeps their union.
+    ignored: torch.Tensor | None = None
 
 
 @dataclass
@@ -66,8 +76,8 @@ class PruningMethod:
         """Layers after which the model should compute prompt->token attention for ``after_layer``."""
         return set()
 
-    def before_llm(self, hidden: torch.Tensor, positions: torch.Tensor, layout, step: InferenceStep | None
-                   ) -> PruneResult | None:
+    def before_llm(self, hidden: torch.Tensor, positions: torch.Tensor, layout, step: InferenceStep | None,
+                   padding: torch.Tensor | None = None) -> PruneResult | None:
         return None
 
     def after_layer(self, layer: int, hidden: torch.Tensor, positions: torch.Tensor, layout,

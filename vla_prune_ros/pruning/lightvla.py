@@ -1,17 +1,24 @@
 """LightVLA: each patch asks the instruction and state which patch matters; keep the union of answers.
 
-On the LLM's input embeddings, before layer 0, with no trainable parameters:
+On the LLM's input embeddings, before layer 0, with no trainable parameters. The sequence is
+split as in LightVLA's code, ``[BOS | patches | rest]``:
 
-    P = rmsnorm(patches)            T = rmsnorm(every non-patch token)
+    P = rmsnorm(patches)            T = rmsnorm(rest: proprio, prompt, readout, placeholders, </s>)
     Q = rmsnorm(softmax(P Tᵀ/√D) T)  S = Q Pᵀ/√D     (patches x patches)
 
+BOS is not a query. Pad tokens of a training batch are masked out of the softmax, so they never
+answer a query and a padded sample selects exactly what it selects alone.
+
 Inference keeps the union of each query row's argmax (a variable count; kept patches keep
-their original position ids). Training adds noise to S and selects by straight-through
-(``one_hot(argmax) + softmax − softmax.detach()``); the patches become ``S_hard @ P`` so the
-sequence length stays fixed. Noise: ``'uniform'`` × scale as in the released code (default),
-or ``'gumbel'`` as in the paper; the trainer anneals the scale from 1 to 0 with
-``set_noise_scale``. ``forced_visual_keep`` keeps exactly that many patches, ranked by their
-best score (the paper's operating point, for the benchmark).
+their original position ids). In a batch each row keeps its own set: the batch keeps the union
+and every row ignores (as padding) the patches only other rows chose. Training adds noise to S
+and selects by straight-through (``one_hot(argmax) + softmax − softmax.detach()``); the patches
+become ``S_hard @ P`` so the sequence length stays fixed, and each patch row takes the RoPE
+position of the patch it selected, from the model's padding-aware positions. Noise:
+``'uniform'`` × scale as in the released code (default), or ``'gumbel'`` as in the paper; the
+trainer anneals the scale from 1 to 0 with ``set_noise_scale``. ``forced_visual_keep`` keeps
+exactly that many patches, ranked by their best score (the paper's operating point, for the
+benchmark).
 """
 from __future__ import annotations
 
@@ -58,44 +65,61 @@ class LightVLA(PruningMethod):
     def set_noise_scale(self, scale: float) -> None:
         self.update_options(noise_scale=float(scale))
 
-    def queries(self, patches: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    def context(self, patches: torch.Tensor, others: torch.Tensor, others_padding: torch.Tensor | None
+                ) -> torch.Tensor:
+        """softmax(P Tᵀ/√D) T: what each patch reads from the instruction and state; pads never answer."""
+        logits = (patches @ others.transpose(1, 2)) * (1.0 / math.sqrt(patches.shape[-1]))
+        if others_padding is not None:
+            logits = logits.masked_fill(others_padding[:, None, :], float('-inf'))
+        return torch.softmax(logits, dim=-1) @ others
+
+    def queries(self, patches: torch.Tensor, others: torch.Tensor, others_padding: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Parameter-free queries, one per patch: (B, N, D)."""
-        scale = 1.0 / math.sqrt(patches.shape[-1])
-        context = torch.softmax((patches @ others.transpose(1, 2)) * scale, dim=-1) @ others
-        return rms_normalize(context)
+        return rms_normalize(self.context(patches, others, others_padding))
 
-    def scores(self, hidden: torch.Tensor, positions: torch.Tensor, layout) -> tuple[torch.Tensor, torch.Tensor]:
-        visual = layout.is_visual(positions)
-        patches = rms_normalize(hidden[:, visual])
-        others = rms_normalize(hidden[:, ~visual])
-        queries = self.queries(patches, others)
-        return (queries @ patches.transpose(1, 2)) / math.sqrt(patches.shape[-1]), visual
+    def scores(self, hidden: torch.Tensor, layout, padding: torch.Tensor | None = None) -> torch.Tensor:
+        """S (B, patches, patches) on the full input sequence ``[BOS | patches | rest]``; T is ``rest``."""
+        patches = rms_normalize(hidden[:, layout.patch_start:layout.patch_end])
+        others = rms_normalize(hidden[:, layout.patch_end:])
+        others_padding = padding[:, layout.patch_end:] if padding is not None else None
+        queries = self.queries(patches, others, others_padding)
+        return (queries @ patches.transpose(1, 2)) / math.sqrt(patches.shape[-1])
 
-    def before_llm(self, hidden, positions, layout, step):
-        scores, visual = self.scores(hidden, positions, layout)
+    def before_llm(self, hidden, positions, layout, step, padding=None):
+        scores = self.scores(hidden, layout, padding)
         if self.training:
-            new_hidden, chosen = self._soft_select(hidden, scores, visual)
-            # Each row carries the selected patch's position id, as at inference (and in LightVLA's code).
-            rope = positions.expand(hidden.shape[0], -1).clone()
-            rope[:, visual] = positions[visual][chosen]
-            return PruneResult(hidden=new_hidden, rope_positions=rope)
-        visual_index = torch.nonzero(visual)[:, 0]
-        forced = self.options.forced_visual_keep
-        if forced is not None:
-            best = scores[0].max(dim=0).values          # each patch's best score as any query's answer
-            chosen = best.topk(min(forced, len(visual_index))).indices
-        else:
-            chosen = scores[0].argmax(dim=-1).unique()
-        if len(chosen) < self.options.min_visual_tokens:
-            best = scores[0].max(dim=0).values
-            chosen = torch.cat([chosen, best.topk(min(self.options.min_visual_tokens, len(best))).indices]).unique()
-        keep = torch.cat([torch.nonzero(~visual)[:, 0], visual_index[chosen]]).sort().values
+            new_hidden, chosen = self._soft_select(hidden, scores, layout)
+            # Each patch row carries the selected patch's position (as at inference, and in LightVLA's
+            # code); the model takes it from its own padding-aware positions.
+            rope_source = torch.arange(hidden.shape[1], device=hidden.device).repeat(hidden.shape[0], 1)
+            rope_source[:, layout.patch_start:layout.patch_end] = chosen + layout.patch_start
+            return PruneResult(hidden=new_hidden, rope_source=rope_source)
+        chosen = self.selected_patches(scores)                      # (B, N) bool, per row
+        every = torch.ones(hidden.shape[0], hidden.shape[1], dtype=torch.bool, device=hidden.device)
+        every[:, layout.patch_start:layout.patch_end] = chosen
+        keep = torch.nonzero(every.any(dim=0))[:, 0]                # the one sync: the kept count
+        ignored = ~every[:, keep] if hidden.shape[0] > 1 else None  # each row sees only its own patches
         if step is not None:
             step.report('input', len(positions))
             step.report('lightvla_select', len(keep))
-        return PruneResult(keep=keep)
+        return PruneResult(keep=keep, ignored=ignored)
 
-    def _soft_select(self, hidden, scores, visual):
+    def selected_patches(self, scores: torch.Tensor) -> torch.Tensor:
+        """Per row, the patches inference keeps: the union of row argmaxes (or the forced top-n), floored."""
+        batch, count = scores.shape[0], scores.shape[-1]
+        chosen = torch.zeros(batch, count, dtype=torch.bool, device=scores.device)
+        best = scores.max(dim=1).values                  # each patch's best score as any query's answer
+        forced = self.options.forced_visual_keep
+        if forced is not None:
+            chosen.scatter_(1, best.topk(min(forced, count), dim=-1).indices, True)
+        else:
+            chosen.scatter_(1, scores.argmax(dim=-1), True)
+        floor = min(self.options.min_visual_tokens, count)
+        top_up = torch.zeros_like(chosen).scatter_(1, best.topk(floor, dim=-1).indices, True)
+        return chosen | (top_up & (chosen.sum(-1, keepdim=True) < floor))
+
+    def _soft_select(self, hidden, scores, layout):
         scale = self.options.noise_scale
         if scale > 0:
             if self.options.noise == 'gumbel':
@@ -107,14 +131,13 @@ class LightVLA(PruningMethod):
         chosen = soft.argmax(dim=-1)
         hard = torch.nn.functional.one_hot(chosen, soft.shape[-1]).to(soft.dtype)
         selection = hard + soft - soft.detach()          # straight-through
-        patches = hidden[:, visual]
-        hidden = hidden.clone()
-        hidden[:, visual] = selection @ patches
+        patches = slice(layout.patch_start, layout.patch_end)
+        hidden = torch.cat([hidden[:, :patches.start], selection @ hidden[:, patches], hidden[:, patches.stop:]],
+                           dim=1)
         return hidden, chosen
 
-    def kept_fraction(self, hidden, positions, layout) -> float:
+    def kept_fraction(self, hidden, positions, layout, padding=None) -> float:
         """Fraction of patches the inference rule would keep (reported during training)."""
         with torch.no_grad():
-            scores, _ = self.scores(hidden, positions, layout)
-            kept = [len(row.argmax(dim=-1).unique()) for row in scores]
-        return sum(kept) / (len(kept) * scores.shape[-1])
+            kept = self.selected_patches(self.scores(hidden, layout, padding))
+        return float(kept.float().mean())

@@ -65,10 +65,8 @@ class LightVLAStar(LightVLA):
     def trainable_module(self):
         return self.learned
 
-    def queries(self, patches, others):
+    def queries(self, patches, others, others_padding=None):
         learned = self.ensure_queries(patches.shape[1], patches.shape[2], patches.device, patches.dtype).queries
         if self.options.query_mode == 'replace':
             return rms_normalize(learned).expand(patches.shape[0], -1, -1)
-        scale = patches.shape[-1] ** -0.5
-        context = torch.softmax((patches @ others.transpose(1, 2)) * scale, dim=-1) @ others
-        return rms_normalize(context + learned)
+        return rms_normalize(self.context(patches, others, others_padding) + learned)

@@ -181,7 +181,7 @@ class SpecPrune(PruningMethod):
         self._num_layers = num_layers      # called once per forward, before layer 0
         return {0, 1} | self.dynamic_layer_set(num_layers)
 
-    def before_llm(self, hidden, positions, layout, step):
+    def before_llm(self, hidden, positions, layout, step, padding=None):
         self._importance = None
         self._static = self.static_candidates(step, layout) if step is not None else torch.empty(0, dtype=torch.long)
         if step is not None:
