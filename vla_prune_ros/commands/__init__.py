@@ -7,6 +7,7 @@ VERBS = {
     'bench': 'same-run latency / tokens / FLOPs of every method against `none`',
     'eval': 'closed-loop success per method on seeded simulated episodes',
     'collect': 'scripted-expert demonstrations',
+    'dataset': 'training data from recordings: `dataset from-bag BAG... --out DIR`',
     'train': 'fine-tune with LightVLA in the loop (accelerate; LoRA optional)',
     'record': 'record live topics to a rosbag2 (MCAP) without the ROS CLI',
     'replay': 'run every method over a recorded bag and compare with `none`',
