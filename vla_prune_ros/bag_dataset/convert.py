@@ -158,7 +158,8 @@ def convert_bag(bag: Path, config: RecordingConfig, settings: Settings, out: Pat
         urdf, urdf_source = config.configured_urdf(), f'the URDF of {config.source}'
         if not urdf:
             wanted[config.robot_description_topic] = (STRING_TYPE,)   # reported as missing below
-    require_topics(bag, types, wanted)
+    require_topics(bag, types, wanted, {config.instruction_topic: '; pass --instruction for this bag',
+                                        config.robot_description_topic: '; pass --urdf or set urdf_path'})
     robot = RobotModel(config, urdf, bag, urdf_source)
     streams = read_streams(bag, list(config.camera_topics), config.joint_states_topic, robot.joints,
                            None if instruction is not None else config.instruction_topic, settings.image_size)

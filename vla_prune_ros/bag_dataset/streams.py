@@ -79,12 +79,14 @@ def topic_types(bag: Path) -> dict[str, str]:
         raise UnreadableBag(f'{bag}: cannot be opened ({type(error).__name__}: {error})') from None
 
 
-def require_topics(bag: Path, types: dict[str, str], wanted: dict[str, tuple[str, ...]]) -> None:
-    """Each wanted topic is in the bag with one of its accepted types."""
+def require_topics(bag: Path, types: dict[str, str], wanted: dict[str, tuple[str, ...]],
+                   hints: dict[str, str] | None = None) -> None:
+    """Each wanted topic is in the bag with one of its accepted types; ``hints``: what to do when one is not."""
     for topic, accepted in wanted.items():
         if topic not in types:
             recorded = ', '.join(sorted(types)) or 'none'
-            raise BagError(bag, topic, f'missing from the bag (recorded topics: {recorded})')
+            hint = (hints or {}).get(topic, '')
+            raise BagError(bag, topic, f'missing from the bag (recorded topics: {recorded}){hint}')
         if types[topic] not in accepted:
             raise BagError(bag, topic, f'has type {types[topic]}, expected {" or ".join(accepted)}')
 
