@@ -99,6 +99,7 @@ class Client:
         from rclpy.parameter_client import AsyncParameterClient
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image
+        from std_msgs.msg import String
         from vla_prune_interfaces.action import RunInstruction
         from vla_prune_interfaces.msg import InferenceStats
         from vla_prune_interfaces.srv import ResetEpisode
@@ -114,10 +115,16 @@ class Client:
         self.gif_frames, self.capture = gif_frames, False
         self.node.create_subscription(InferenceStats, 'inference_stats', self._on_stats, 10)
         self.node.create_subscription(Image, 'camera/primary/image_raw', self._on_image, qos_profile_sensor_data)
+        # Each goal's instruction is also announced on the instruction topic, so the recording splits
+        # into labelled episodes for `vla-prune dataset from-bag` (as an operator's announcement would).
+        from ..bag_dataset.robot import RecordingConfig
+        instruction_topic = RecordingConfig.load(SIM_ROBOT_CONFIG).instruction_topic
+        self.String, self.instruction_publisher = String, self.node.create_publisher(String, instruction_topic, 10)
         self.recorder = None
         if record_to is not None:
             from ..data.rosbag import BagRecorder
             topics = ['/' + topic.lstrip('/') for topic in recorded_topics(sim_robot_parameters())]
+            topics.append(instruction_topic)
             self.recorder = BagRecorder(self.node, record_to, topics=topics, discovery_timeout=5.0)
         self.executor = MultiThreadedExecutor(num_threads=3)
         self.executor.add_node(self.node)
@@ -181,6 +188,7 @@ class Client:
         goal = self.RunInstruction.Goal(instruction=instruction, max_chunks=max_chunks)
         goal.timeout.sec = int(timeout_s)
         self.current = GoalLog(method, instruction)
+        self.instruction_publisher.publish(self.String(data=instruction))
         handle = self.call(self.action.send_goal_async(goal))
         if not handle.accepted:
             raise RuntimeError(f'goal rejected: {instruction!r}')
