@@ -32,9 +32,9 @@ train() {     # train NAME ARGS...: resumes from NAME/resume.pt; complete once t
 collect demos --episodes 1000 --perturb-std 0.004 --seed 0
 train base --data "$WORK/demos" --steps 3500 --lr 7e-4 --warmup 200 --aux-weight 0.5
 collect dagger1 --episodes 600 --perturb-std 0.004 --seed 1 --policy "$WORK/base"
-train default --init "$WORK/base" --data "$WORK/demos" "$WORK/dagger1" --steps 3500 --lr 3e-4 --warmup 100 \
+train default --init "$WORK/base" --data "$WORK/demos" "$WORK/dagger1" --steps 2000 --lr 3e-4 --warmup 100 \
   --aux-weight 0.5
-train lightvla --init "$WORK/default" --data "$WORK/demos" "$WORK/dagger1" --method lightvla --steps 1000 \
+train lightvla --init "$WORK/default" --data "$WORK/demos" "$WORK/dagger1" --method lightvla --steps 600 \
   --lr 2e-4 --warmup 50
 for name in default lightvla; do
   rm -rf "$ROOT/vla_prune_ros/assets/policies/$name"
