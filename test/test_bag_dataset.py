@@ -165,11 +165,16 @@ def test_bad_input_is_an_error_naming_bag_and_topic(tmp_path, problem, topic, wo
     assert not (tmp_path / 'data').exists() and not (tmp_path / 'data.partial').exists()
 
 
-def test_joint_names_not_in_the_urdf(tmp_path):
+@pytest.mark.parametrize('node, dataset, words', [
+    (dict(joint_names=[f'arm_{i}' for i in range(1, 7)]), {}, "joints ['arm_1', 'arm_2'"),
+    ({}, dict(gripper_joints=('no_such_finger',)), "gripper_joints ['no_such_finger'] are not movable joints"),
+])
+def test_joint_names_not_in_the_urdf(tmp_path, node, dataset, words):
     bag = write_bag(tmp_path / 'bag')
-    other = RecordingConfig(**{**CONFIG.__dict__, 'gripper_joints': ('no_such_finger',)})
-    with pytest.raises(ConversionError, match=r"/robot_description: gripper_joints \['no_such_finger'\] are not"):
+    other = RecordingConfig(**{**CONFIG.__dict__, 'node': {**CONFIG.node, **node}, **dataset})
+    with pytest.raises(ConversionError) as raised:
         convert_bags([bag], tmp_path / 'data', other)
+    assert f'{bag}: /robot_description: ' in str(raised.value) and words in str(raised.value), str(raised.value)
     assert issubclass(BagError, ValueError)
 
 

@@ -154,6 +154,8 @@ def convert_bag(bag: Path, config: RecordingConfig, settings: Settings, out: Pat
         urdf, urdf_source = Path(urdf_file).read_text(), urdf_file
     elif config.robot_description_topic in types:
         urdf, urdf_source = first_string(bag, config.robot_description_topic), config.robot_description_topic
+        if not urdf:
+            raise BagError(bag, urdf_source, 'no URDF message in the bag; pass --urdf')
     else:
         urdf, urdf_source = config.configured_urdf(), f'the URDF of {config.source}'
         if not urdf:
