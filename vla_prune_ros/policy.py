@@ -6,6 +6,8 @@ chunk out, with the token counts, FLOPs and a latency split of that call.
 from __future__ import annotations
 
 import time
+import warnings
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +17,8 @@ import torch
 from .model.checkpoint import load_checkpoint
 from .model.flops import forward_flops
 from .model.modeling_vla import ForwardTrace, VLAModel
-from .model.processing import normalize_proprio, pixel_values, prepare_image, prompt_ids, unnormalize_actions
+from .model.processing import (normalize_proprio, pixel_values, prepare_image, prompt_ids, template_tokens,
+                               unnormalize_actions)
 from .pruning import InferenceStep, create_method
 
 
@@ -42,14 +45,24 @@ class PolicyOutput:
     record: InferenceRecord
 
 
+FRAME_RING = 16     # control steps of camera frames kept for methods that compare with earlier frames
+
+
 class VLAPolicy:
+    """``observe_frames`` once per control step (the camera frames the robot sees then) lets a method
+    compare with the frame a number of control steps back (SpecPrune's Δ); ``infer`` when a chunk is
+    needed."""
+
     def __init__(self, model: VLAModel, tokenizer, method: str = 'none', method_options: dict | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.config = model.config
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.method = create_method(method, **(method_options or {}))
-        self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._prompt_cache: dict[str, tuple[torch.Tensor, int]] = {}
+        self._ring: deque[list] = deque(maxlen=FRAME_RING)      # [raw frames, prepared frames or None]
+        self._observed = False          # observe_frames called since reset: the ring is in use
+        self.method_warning = ''        # why the method runs other than asked (missing weights)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device: str = 'cpu', dtype: str = 'float32',
@@ -71,6 +84,7 @@ class VLAPolicy:
 
     def load_method_weights(self, directory: Path | None) -> None:
         self._checkpoint_dir = directory
+        self.method_warning = ''
         module = self.method.trainable_module()
         if module is None or directory is None:
             return
@@ -78,18 +92,56 @@ class VLAPolicy:
         if path.is_file():
             from safetensors.torch import load_file
             module.load_state_dict(load_file(str(path)))
+            self.method.weights_loaded(path)
+        else:
+            self.method_warning = self.method.missing_weights_reason(path)
+            if self.method_warning:
+                warnings.warn(self.method_warning, stacklevel=2)
         module.to(self.device, self.dtype)
 
+    def method_refusal(self, name: str) -> str:
+        """Why method ``name`` should not run with this checkpoint ('' when it may): a node refuses it."""
+        from .pruning import METHODS, available_methods
+        available_methods()
+        if name not in METHODS or self._checkpoint_dir is None:
+            return ''
+        method = METHODS[name]()
+        if method.trainable_module() is None:
+            return ''
+        path = Path(self._checkpoint_dir) / f'pruner_{name}.safetensors'
+        return '' if path.is_file() else method.missing_weights_reason(path)
+
     def reset(self) -> None:
-        """New episode: forget per-episode pruning state."""
+        """New episode: forget per-episode pruning state and the frame ring."""
         self.method.reset()
+        self._ring.clear()
+        self._observed = False
+
+    def observe_frames(self, images: list[np.ndarray]) -> None:
+        """The camera frames (model order) of one control step; call every step, before ``infer``."""
+        self._ring.append([list(images), None])
+        self._observed = True
+
+    def _earlier_frames(self, steps: int) -> list[np.ndarray] | None:
+        """Prepared frames ``steps`` control steps before the newest observed (the oldest held if fewer)."""
+        if len(self._ring) < 2:
+            return None
+        entry = self._ring[-1 - min(max(int(steps), 1), len(self._ring) - 1)]
+        if entry[1] is None:
+            size, crop = self.config.vision.image_size, self.config.center_crop
+            entry[1] = [prepare_image(image, size, crop) for image in entry[0]]
+        return entry[1]
 
     # --- inference --------------------------------------------------------------
 
     def _prompt(self, instruction: str) -> torch.Tensor:
+        return self._prompt_and_template(instruction)[0]
+
+    def _prompt_and_template(self, instruction: str) -> tuple[torch.Tensor, int]:
         if instruction not in self._prompt_cache:
             ids = prompt_ids(self.tokenizer, instruction, self.config)
-            self._prompt_cache[instruction] = torch.tensor([ids], dtype=torch.long, device=self.device)
+            self._prompt_cache[instruction] = (torch.tensor([ids], dtype=torch.long, device=self.device),
+                                               template_tokens(self.tokenizer, instruction, self.config))
         return self._prompt_cache[instruction]
 
     def warmup(self) -> None:
@@ -113,9 +165,12 @@ class VLAPolicy:
                 raise ValueError(f'expected proprio of {config.proprio_dim} values')
             proprio_tensor = torch.tensor(normalize_proprio(proprio, config)[None], device=self.device,
                                           dtype=self.dtype)
-        ids = self._prompt(instruction)
+        ids, template = self._prompt_and_template(instruction)
         trace = ForwardTrace()
-        step = InferenceStep(frames=frames, mode=mode, ee_speed=ee_speed)
+        if self._observed:      # these are the newest observed frames: keep their prepared copies
+            self._ring[-1][1] = frames
+        step = InferenceStep(frames=frames, mode=mode, ee_speed=ee_speed, template_tokens=template,
+                             earlier_frames=self._earlier_frames if self._observed else None)
         preprocess = time.perf_counter() - start
         normalized = self.model(pixels, proprio_tensor, ids, pruner=self.method, step=step, trace=trace)
         normalized = normalized[0].float().cpu().numpy().astype(np.float64)
@@ -129,7 +184,7 @@ class VLAPolicy:
             visual_tokens_total=config.num_visual_tokens,
             tokens_kept=round(sum(trace.layer_tokens) / len(trace.layer_tokens)),
             tokens_into_llm=trace.layer_tokens[0],
-            visual_tokens_kept=int(layout.is_visual(trace.kept_positions).sum()),
+            visual_tokens_kept=int(np.count_nonzero(layout.is_visual(trace.kept_positions.cpu().numpy()))),
             stages=step.stages, layer_tokens=trace.layer_tokens,
             flops=forward_flops(config, trace.layer_tokens).total,
             flops_unpruned=forward_flops(config, [full_length] * len(trace.layer_tokens)).total,

@@ -12,16 +12,15 @@ attention is requested per call (``is_causal=False`` with no mask, or our own pa
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from transformers import (Dinov2WithRegistersConfig, Dinov2WithRegistersModel, LlamaConfig, LlamaModel,
                           SiglipVisionConfig, SiglipVisionModel)
-from transformers.models.llama.modeling_llama import rotate_half
 
 from .configuration_vla import BackboneConfig, VLAConfig
+from .pruned_llm import StageClock, run_pruned_llm
 
 
 # ----------------------------------------------------------------------------- token layout
@@ -289,101 +288,16 @@ class VLAModel(nn.Module):
             blocked = blocked | key_padding[:, None, None, :]
         return torch.zeros(blocked.shape, dtype=dtype, device=device).masked_fill(blocked, torch.finfo(dtype).min)
 
-    def prompt_attention(self, layer: nn.Module, q: torch.Tensor, k: torch.Tensor,
-                         cos_sin: tuple[torch.Tensor, torch.Tensor], query_rows: torch.Tensor) -> torch.Tensor:
-        """Attention from the prompt rows to every current token, averaged over heads and rows -> (L,).
-
-        Only the needed rows are computed, from the q/k the layer produced anyway and the RoPE
-        tables it used (batch 1).
-        """
-        attn = layer.self_attn
-        head_dim = attn.head_dim
-        cos, sin = cos_sin[0][0], cos_sin[1][0]                       # (L, head_dim)
-        q = q[0, query_rows].view(len(query_rows), -1, head_dim).transpose(0, 1)   # (heads, rows, d)
-        k = k[0].view(k.shape[1], -1, head_dim).transpose(0, 1)                    # (kv_heads, L, d)
-        q = q * cos[query_rows] + rotate_half(q) * sin[query_rows]
-        k = k * cos + rotate_half(k) * sin
-        k = k.repeat_interleave(attn.num_key_value_groups, dim=0)
-        scores = torch.matmul(q, k.transpose(1, 2)).float() * attn.scaling
-        return scores.softmax(dim=-1).mean(dim=(0, 1))
-
     # --- the forward pass -----------------------------------------------------
-
-    @staticmethod
-    def _apply_pruning(result, hidden, positions, key_padding, layout: TokenLayout):
-        """Gather the kept tokens. Non-visual tokens are always kept, whatever a method returns."""
-        if result is None:
-            return hidden, positions, key_padding
-        if result.hidden is not None:       # soft selection during training: same length, new values
-            hidden = result.hidden
-        if result.keep is None:
-            return hidden, positions, key_padding
-        keep = torch.zeros(len(positions), dtype=torch.bool, device=positions.device)
-        keep[result.keep] = True
-        keep |= ~layout.is_visual(positions)
-        index = torch.nonzero(keep)[:, 0]
-        key_padding = key_padding[:, index] if key_padding is not None else None
-        if result.ignored is not None:     # per-row sets in a batch: the union is kept, the rest masked per row
-            ignored = torch.zeros(hidden.shape[0], len(positions), dtype=torch.bool, device=positions.device)
-            ignored[:, result.keep] = result.ignored
-            ignored = ignored[:, index]
-            key_padding = ignored if key_padding is None else key_padding | ignored
-        return hidden[:, index], positions[index], key_padding
 
     def run_llm(self, embeddings: torch.Tensor, layout: TokenLayout, pruner=None, step=None,
                 key_padding: torch.Tensor | None = None, trace: ForwardTrace | None = None) -> torch.Tensor:
         """Run the Llama layers one by one; returns final-normed hidden states at the read-out positions.
 
         ``pruner`` (see ``vla_prune_ros.pruning.base``) may shrink the token set before layer 0
-        and after any layer; ``step`` carries its per-inference inputs.
+        and after any layer; ``step`` carries its per-inference inputs. See ``pruned_llm``.
         """
-        batch, length, _ = embeddings.shape
-        positions = torch.arange(length, device=embeddings.device)   # original index of each current token
-        # RoPE positions skip padding, so a padded prompt gives the same result as an unpadded one.
-        rope_base = positions[None].expand(batch, -1) if key_padding is None else (~key_padding).cumsum(-1) - 1
-        hidden = embeddings
-        pruning_started = time.perf_counter()
-        if pruner is not None:
-            result = pruner.before_llm(hidden, positions, layout, step, padding=key_padding)
-            if result is not None and result.rope_source is not None:
-                rope_base = rope_base.gather(1, result.rope_source)
-            hidden, positions, key_padding = self._apply_pruning(result, hidden, positions, key_padding, layout)
-        pruning_time = time.perf_counter() - pruning_started
-        attention_layers = pruner.attention_layers(len(self.llm.layers)) if pruner is not None else ()
-        for index, layer in enumerate(self.llm.layers):
-            if trace is not None:
-                trace.layer_tokens.append(hidden.shape[1])
-            rope_positions = rope_base[:, positions]
-            cos_sin = self.llm.rotary_emb(hidden, position_ids=rope_positions)
-            mask = self.attention_mask(key_padding, hidden.shape[1], hidden.dtype, hidden.device)
-            captured, handles = {}, []
-            if index in attention_layers:
-                attn = layer.self_attn
-                handles = [attn.q_proj.register_forward_hook(lambda m, i, o: captured.__setitem__('q', o)),
-                           attn.k_proj.register_forward_hook(lambda m, i, o: captured.__setitem__('k', o))]
-            hidden = layer(hidden, attention_mask=mask, position_embeddings=cos_sin,
-                           is_causal=self.config.causal and mask is None)
-            for handle in handles:
-                handle.remove()
-            if pruner is not None and index + 1 < len(self.llm.layers):
-                pruning_started = time.perf_counter()
-                attention = None
-                if captured:
-                    rows = torch.nonzero((positions >= layout.prompt_start) & (positions <= layout.readout_index))
-                    attention = self.prompt_attention(layer, captured['q'], captured['k'], cos_sin, rows[:, 0])
-                result = pruner.after_layer(index, hidden, positions, layout, step, attention)
-                hidden, positions, key_padding = self._apply_pruning(result, hidden, positions, key_padding,
-                                                                     layout)
-                pruning_time += time.perf_counter() - pruning_started
-        if trace is not None:
-            trace.kept_positions = positions
-            trace.pruning_time = pruning_time
-        hidden = self.llm.norm(hidden)
-        # Non-visual tokens are never pruned, so the read-out positions are all still present.
-        lookup = torch.full((layout.seq_len,), -1, dtype=torch.long, device=hidden.device)
-        lookup[positions] = torch.arange(len(positions), device=hidden.device)
-        readout = lookup[torch.tensor(list(layout.readout_positions), device=hidden.device)]
-        return hidden[:, readout]
+        return run_pruned_llm(self, embeddings, layout, pruner, step, key_padding, trace)
 
     def forward(self, pixel_values: torch.Tensor, proprio: torch.Tensor | None, prompt_ids: torch.Tensor,
                 prompt_padding: torch.Tensor | None = None, pruner=None, step=None,
@@ -412,21 +326,16 @@ class VLAModel(nn.Module):
 
 
 class _Clock:
-    """Wall-clock laps; synchronises CUDA so each lap measures its own work."""
+    """Wall-clock laps of the forward's stages; synchronises CUDA so each lap measures its own work."""
 
     def __init__(self, device: torch.device, trace: ForwardTrace | None):
-        self.device, self.trace = device, trace
-        self.start = self._now()
-
-    def _now(self) -> float:
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+        self.clock, self.trace = StageClock(device), trace
+        self.start = self.clock.now() if trace is not None else 0.0
 
     def lap(self, name: str) -> None:
         if self.trace is None:
             return
-        now = self._now()
+        now = self.clock.now()
         self.trace.timings[name] = now - self.start
         self.start = now
 

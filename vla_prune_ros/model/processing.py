@@ -21,18 +21,55 @@ CROP_AREA = 0.9
 
 
 def crop_and_resize(image: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
-    """Bilinear crop-and-resize with TensorFlow ``tf.image.crop_and_resize`` sampling, float32.
+    """``tf.image.crop_and_resize`` (bilinear) of one float32 image, computed as TF's kernel does, in float32.
 
-    ``box`` is (y1, x1, y2, x2) in normalised coordinates; sample i of n lies at
-    ``y1 * (H - 1) + i * (y2 - y1) * (H - 1) / (n - 1)``.
+    ``box`` is (y1, x1, y2, x2) in normalised coordinates. Output row i samples source row
+    ``y1 (H-1) + i ((y2-y1)(H-1)/(n-1))``, interpolated between its floor and ceil rows as
+    ``top + (bottom - top) * frac`` (columns likewise), every operation in float32. (OpenCV's remap
+    quantises sample positions to 1/32 px, which leaves some pixels one grey level off.)
     """
-    height, width = image.shape[:2]
-    y1, x1, y2, x2 = box
-    ys = y1 * (height - 1) + np.arange(size, dtype=np.float32) * ((y2 - y1) * (height - 1) / (size - 1))
-    xs = x1 * (width - 1) + np.arange(size, dtype=np.float32) * ((x2 - x1) * (width - 1) / (size - 1))
-    map_x, map_y = np.meshgrid(xs, ys)
-    return cv2.remap(image.astype(np.float32), map_x.astype(np.float32), map_y.astype(np.float32),
-                     interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    image = np.asarray(image, dtype=np.float32)
+    y1, x1, y2, x2 = (np.float32(v) for v in box)
+
+    def samples(start, stop, extent):
+        last = np.float32(extent - 1)
+        scale = (stop - start) * last / np.float32(size - 1)
+        position = start * last + np.arange(size, dtype=np.float32) * scale
+        low = np.floor(position)
+        frac = position - low
+        low_index = np.clip(low.astype(np.int64), 0, extent - 1)
+        high_index = np.clip(np.ceil(position).astype(np.int64), 0, extent - 1)
+        return low_index, high_index, frac
+
+    top_rows, bottom_rows, y_frac = samples(y1, y2, image.shape[0])
+    left, right, x_frac = samples(x1, x2, image.shape[1])
+    x_frac = x_frac[None, :, None] if image.ndim == 3 else x_frac[None, :]
+    y_frac = y_frac[:, None, None] if image.ndim == 3 else y_frac[:, None]
+
+    def across(rows):
+        row = image[rows]
+        return row[:, left] + (row[:, right] - row[:, left]) * x_frac
+
+    top, bottom = across(top_rows), across(bottom_rows)
+    return top + (bottom - top) * y_frac
+
+
+def to_unit_float(image: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 in [0, 1] as TF's ``convert_image_dtype``: a multiply by float32(1/255)."""
+    return image.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """float [0, 1] -> uint8 as OFT does: clip, then TF's saturating ``convert_image_dtype`` (x 255.5, truncate)."""
+    scaled = np.clip(image, 0.0, 1.0).astype(np.float32) * np.float32(255.5)
+    return np.minimum(scaled, np.float32(255.0)).astype(np.uint8)
+
+
+def center_crop_box() -> tuple[float, float, float, float]:
+    """OFT's box: the central square of sqrt(0.9) of the side (90 % of the area), in float32."""
+    scale = np.sqrt(np.float32(CROP_AREA))
+    offset = (np.float32(1) - scale) / np.float32(2)
+    return offset, offset, offset + scale, offset + scale
 
 
 def prepare_image(image: np.ndarray, size: int, center_crop: bool) -> np.ndarray:
@@ -42,12 +79,7 @@ def prepare_image(image: np.ndarray, size: int, center_crop: bool) -> np.ndarray
         image = cv2.resize(image, (size, size), interpolation=interpolation)
     if not center_crop:
         return image
-    scale = math.sqrt(CROP_AREA)
-    offset = (1.0 - scale) / 2.0
-    cropped = crop_and_resize(image.astype(np.float32) / 255.0, (offset, offset, offset + scale, offset + scale),
-                              size)
-    # TF convert_image_dtype(float -> uint8, saturate=True): clip, scale by 255.5, truncate.
-    return (np.clip(cropped, 0.0, 1.0) * 255.5).astype(np.uint8)
+    return to_uint8(crop_and_resize(to_unit_float(image), center_crop_box(), size))
 
 
 def pixel_values(images: list[np.ndarray], config: VLAConfig) -> torch.Tensor:
@@ -109,6 +141,21 @@ def prompt_ids(tokenizer, instruction: str, config: VLAConfig) -> list[int]:
     return list(ids) + [config.readout_token_id]
 
 
+def template_tokens(tokenizer, instruction: str, config: VLAConfig) -> int:
+    """How many of ``prompt_ids`` come from the fixed template before the instruction (10 for
+    OFT's Llama prompt "In: What action should the robot take to"): the ids the template prefix
+    alone tokenises to that the full prompt shares."""
+    prefix = config.prompt_template.split('{instruction}')[0].rstrip()
+    alone = tokenizer(prefix, add_special_tokens=True)['input_ids']
+    if alone and alone[0] == config.bos_token_id:
+        alone = alone[1:]
+    full = prompt_ids(tokenizer, instruction, config)
+    shared = 0
+    while shared < min(len(alone), len(full) - 1) and alone[shared] == full[shared]:
+        shared += 1
+    return shared
+
+
 def pad_prompts(batch_ids: list[list[int]], config: VLAConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad prompts of mixed length. Padding goes before the readout token, so the action block lines up."""
     longest = max(len(ids) for ids in batch_ids)
@@ -133,5 +180,4 @@ def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
     scale = math.sqrt(CROP_AREA)
     y1, x1 = rng.uniform(0.0, 1.0 - scale, size=2)
-    cropped = crop_and_resize(image.astype(np.float32) / 255.0, (y1, x1, y1 + scale, x1 + scale), size)
-    return (np.clip(cropped, 0.0, 1.0) * 255.5).astype(np.uint8)
+    return to_uint8(crop_and_resize(to_unit_float(image), (y1, x1, y1 + scale, x1 + scale), size))

@@ -16,7 +16,7 @@ calls ``register`` (``registry``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -26,13 +26,17 @@ from ..options import Options
 
 @dataclass
 class PruneResult:
-    keep: torch.Tensor | None = None      # indices into the *current* sequence to keep
+    keep: torch.Tensor | None = None      # indices into the *current* sequence to keep (the model adds
+                                          # any non-visual ones missing: one device sync)
+    # Sync-free alternative: unique indices of the *visual* tokens to keep; the model keeps BOS,
+    # these and the tail, a length it knows without asking the device.
+    keep_visual: torch.Tensor | None = None
     hidden: torch.Tensor | None = None    # replacement hidden states, same length (training-time soft selection)
     # (B, L) per row of ``hidden``, the index of the current token whose RoPE position it takes
     # (before layer 0 only; the model gathers from its padding-aware positions).
     rope_source: torch.Tensor | None = None
-    # (B, len(keep)) True where a row must ignore a kept token (treated like padding): batched
-    # inference where each row keeps its own set and the batch keeps their union.
+    # (B, len(keep_visual)) True where a row must ignore a kept visual token (treated like padding):
+    # batched inference where each row keeps its own set and the batch keeps their union.
     ignored: torch.Tensor | None = None
 
 
@@ -42,6 +46,10 @@ class InferenceStep:
     frames: list[np.ndarray] = field(default_factory=list)   # prepared uint8 frames, model order
     mode: str = 'coarse'                                       # from the coarse/fine controller
     ee_speed: float | None = None                              # measured translation speed, m/s
+    # earlier_frames(steps): the prepared frames that many control steps before these (the oldest
+    # held if fewer), or None when there is none; None when the caller keeps no frame ring.
+    earlier_frames: Callable[[int], list[np.ndarray] | None] | None = None
+    template_tokens: int = 0          # prompt tokens of the fixed template before the instruction
     stages: list[tuple[str, int]] = field(default_factory=list)
 
     def report(self, stage: str, tokens: int) -> None:
@@ -73,7 +81,9 @@ class PruningMethod:
         """Forget per-episode state (called at every new goal)."""
 
     def attention_layers(self, num_layers: int) -> set[int]:
-        """Layers after which the model should compute prompt->token attention for ``after_layer``."""
+        """Layers after which the model hands ``after_layer`` the attention of the rows after the
+        patches (proprio, prompt, readout, placeholders, ``</s>``) to every current token:
+        (B, seq_len - patch_end, current length), head-averaged probabilities."""
         return set()
 
     def before_llm(self, hidden: torch.Tensor, positions: torch.Tensor, layout, step: InferenceStep | None,
@@ -87,4 +97,11 @@ class PruningMethod:
     def trainable_module(self) -> torch.nn.Module | None:
         """Parameters the method adds (LightVLA* queries); saved beside the model."""
         return None
+
+    def weights_loaded(self, path) -> None:
+        """Called after ``trainable_module`` was loaded from ``path``."""
+
+    def missing_weights_reason(self, path) -> str:
+        """Why running without the weights file ``path`` is not what was asked ('' if it is fine)."""
+        return ''
 

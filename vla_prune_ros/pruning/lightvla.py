@@ -96,14 +96,12 @@ class LightVLA(PruningMethod):
             rope_source[:, layout.patch_start:layout.patch_end] = chosen + layout.patch_start
             return PruneResult(hidden=new_hidden, rope_source=rope_source)
         chosen = self.selected_patches(scores)                      # (B, N) bool, per row
-        every = torch.ones(hidden.shape[0], hidden.shape[1], dtype=torch.bool, device=hidden.device)
-        every[:, layout.patch_start:layout.patch_end] = chosen
-        keep = torch.nonzero(every.any(dim=0))[:, 0]                # the one sync: the kept count
-        ignored = ~every[:, keep] if hidden.shape[0] > 1 else None  # each row sees only its own patches
+        union = torch.nonzero(chosen.any(dim=0))[:, 0]              # the one sync: the kept count
+        ignored = ~chosen[:, union] if hidden.shape[0] > 1 else None  # each row sees only its own patches
         if step is not None:
             step.report('input', len(positions))
-            step.report('lightvla_select', len(keep))
-        return PruneResult(keep=keep, ignored=ignored)
+            step.report('lightvla_select', len(positions) - layout.num_patches + len(union))
+        return PruneResult(keep_visual=union + layout.patch_start, ignored=ignored)
 
     def selected_patches(self, scores: torch.Tensor) -> torch.Tensor:
         """Per row, the patches inference keeps: the union of row argmaxes (or the forced top-n), floored."""

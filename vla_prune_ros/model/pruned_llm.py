@@ -1,0 +1,159 @@
+"""The Llama layers run one by one over a shrinking token set (``VLAModel.run_llm``).
+
+Pruning only ever drops visual tokens, and kept tokens stay in their original order, so the
+current sequence is always ``[BOS | kept patches | tail]`` where the tail (proprio, prompt,
+readout, placeholders, ``</s>``) has a fixed length. Everything here relies on that: the read-out
+rows and the attention rows a method asks for are slices of the tail, and a cut given as
+visual indices (``PruneResult.keep_visual``) has the length of that list. Nothing between layers waits on the device (no
+``.item()``, ``nonzero`` or boolean-mask indexing): RoPE tables and the mask are rebuilt only
+after a cut, from tensors whose sizes are known on the host.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from transformers.models.llama.modeling_llama import rotate_half
+
+
+class StageClock:
+    """Seconds spent in a stage; on CUDA it synchronises before reading the clock, so queued layer
+    work is not billed to the stage that happens to wait for it."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == 'cuda'
+        self.device = device
+        self.total = 0.0
+        self._started = 0.0
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def start(self) -> None:
+        self._started = self.now()
+
+    def stop(self) -> None:
+        self.total += self.now() - self._started
+
+
+def tail_attention(layer: torch.nn.Module, q: torch.Tensor, k: torch.Tensor,
+                   cos_sin: tuple[torch.Tensor, torch.Tensor], tail: int, key_padding: torch.Tensor | None,
+                   causal: bool) -> torch.Tensor:
+    """Head-averaged attention probabilities of the last ``tail`` rows to every current token: (B, tail, L).
+
+    Only these rows are computed, from the q/k the layer produced and the RoPE tables it used,
+    with the layer's own masking: padding keys are masked, and with ``causal`` each row sees
+    only the keys up to itself.
+    """
+    attn = layer.self_attn
+    head_dim = attn.head_dim
+    batch, length = k.shape[0], k.shape[1]
+    cos, sin = cos_sin                                                          # (B, L, head_dim)
+    q = q[:, length - tail:].view(batch, tail, -1, head_dim).transpose(1, 2)    # (B, heads, tail, d)
+    k = k.view(batch, length, -1, head_dim).transpose(1, 2)                     # (B, kv_heads, L, d)
+    q = q * cos[:, None, length - tail:] + rotate_half(q) * sin[:, None, length - tail:]
+    k = k * cos[:, None] + rotate_half(k) * sin[:, None]
+    k = k.repeat_interleave(attn.num_key_value_groups, dim=1)
+    scores = torch.matmul(q, k.transpose(2, 3)).float() * attn.scaling           # (B, heads, tail, L)
+    blocked = None
+    if causal:
+        rows = torch.arange(length - tail, length, device=q.device)
+        blocked = torch.arange(length, device=q.device)[None, :] > rows[:, None]    # (tail, L)
+        blocked = blocked[None, None]
+    if key_padding is not None:
+        padded = key_padding[:, None, None, :]
+        blocked = padded if blocked is None else blocked | padded
+    if blocked is not None:
+        scores = scores.masked_fill(blocked, float('-inf'))
+    return scores.softmax(dim=-1).mean(dim=1)
+
+
+def gather_kept(result, hidden, positions, key_padding, layout):
+    """Apply a method's cut. Non-visual tokens are always kept, whatever a method returns.
+
+    ``result.keep_visual`` (unique visual indices) needs nothing from the device: the kept
+    sequence is BOS, those tokens in their original order, and the tail. ``result.keep`` (any
+    indices) is completed with the non-visual tokens, which needs one device sync.
+    """
+    if result is None:
+        return hidden, positions, key_padding
+    if result.hidden is not None:       # soft selection during training: same length, new values
+        hidden = result.hidden
+    length, device = len(positions), positions.device
+    tail = layout.seq_len - layout.patch_end
+    if result.keep_visual is not None:
+        order = result.keep_visual.argsort()
+        index = torch.cat([torch.zeros(1, dtype=torch.long, device=device), result.keep_visual[order],
+                           torch.arange(length - tail, length, device=device)])
+        if result.ignored is not None:     # per-row sets in a batch: the union is kept, the rest masked per row
+            ignored = torch.cat([torch.zeros(hidden.shape[0], 1, dtype=torch.bool, device=device),
+                                 result.ignored[:, order],
+                                 torch.zeros(hidden.shape[0], tail, dtype=torch.bool, device=device)], dim=1)
+            key_padding = ignored if key_padding is None else key_padding[:, index] | ignored
+        elif key_padding is not None:
+            key_padding = key_padding[:, index]
+        return hidden[:, index], positions[index], key_padding
+    if result.keep is None:
+        return hidden, positions, key_padding
+    keep = torch.zeros(length, dtype=torch.bool, device=device)
+    keep[result.keep] = True
+    keep |= ~layout.is_visual(positions)
+    index = torch.nonzero(keep)[:, 0]
+    key_padding = key_padding[:, index] if key_padding is not None else None
+    return hidden[:, index], positions[index], key_padding
+
+
+def run_pruned_llm(model, embeddings: torch.Tensor, layout, pruner=None, step=None,
+                   key_padding: torch.Tensor | None = None, trace=None) -> torch.Tensor:
+    """Final-normed hidden states at the read-out positions, (B, num_actions, hidden)."""
+    llm = model.llm
+    batch, length, _ = embeddings.shape
+    tail = layout.seq_len - layout.patch_end           # tokens after the patches: never pruned
+    positions = torch.arange(length, device=embeddings.device)   # original index of each current token
+    # RoPE positions skip padding, so a padded prompt gives the same result as an unpadded one.
+    rope_base = positions[None].expand(batch, -1) if key_padding is None else (~key_padding).cumsum(-1) - 1
+    hidden = embeddings
+    clock = StageClock(embeddings.device)
+    if pruner is not None:
+        clock.start()
+        result = pruner.before_llm(hidden, positions, layout, step, padding=key_padding)
+        if result is not None and result.rope_source is not None:
+            rope_base = rope_base.gather(1, result.rope_source)
+        hidden, positions, key_padding = gather_kept(result, hidden, positions, key_padding, layout)
+        clock.stop()
+    attention_layers = pruner.attention_layers(len(llm.layers)) if pruner is not None else ()
+    causal = model.config.causal
+    cos_sin = mask = None
+    for index, layer in enumerate(llm.layers):
+        if trace is not None:
+            trace.layer_tokens.append(hidden.shape[1])
+        if cos_sin is None:          # first layer, or the token set changed
+            cos_sin = llm.rotary_emb(hidden, position_ids=rope_base[:, positions])
+            mask = model.attention_mask(key_padding, hidden.shape[1], hidden.dtype, hidden.device)
+        captured, handles = {}, []
+        if index in attention_layers:
+            attn = layer.self_attn
+            handles = [attn.q_proj.register_forward_hook(lambda m, i, o: captured.__setitem__('q', o)),
+                       attn.k_proj.register_forward_hook(lambda m, i, o: captured.__setitem__('k', o))]
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=cos_sin, is_causal=causal and mask is None)
+        for handle in handles:
+            handle.remove()
+        if pruner is not None and index + 1 < len(llm.layers):
+            clock.start()
+            attention = None
+            if captured:
+                attention = tail_attention(layer, captured['q'], captured['k'], cos_sin, tail, key_padding, causal)
+            result = pruner.after_layer(index, hidden, positions, layout, step, attention)
+            if result is not None and (result.keep is not None or result.keep_visual is not None):
+                hidden, positions, key_padding = gather_kept(result, hidden, positions, key_padding, layout)
+                cos_sin = None
+            clock.stop()
+    if trace is not None:
+        trace.kept_positions = positions
+        trace.pruning_time = clock.total
+    hidden = llm.norm(hidden)
+    # The read-out rows are a slice of the tail, which is never pruned.
+    start = hidden.shape[1] - (layout.seq_len - layout.readout_index)
+    return hidden[:, start:start + layout.num_actions]
