@@ -105,6 +105,7 @@ def run_episode(env, policy, kinematics, controller, task: str, seed: int, execu
     cameras = policy.config.camera_names
     last_action, path = None, [obs.proprio[:3]]
     for _ in range(env.max_steps):
+        policy.observe_frames([obs.images[c] for c in cameras])     # the frame ring at the control rate
         velocity = kinematics.update(obs.joint_names, obs.joint_positions, obs.joint_velocities, obs.time)
         decision = controller.step(velocity.linear if velocity.valid else None,
                                    velocity.angular if velocity.valid else None, bool(queue), obs.time)
