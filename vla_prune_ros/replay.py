@@ -24,7 +24,8 @@ def absolute(topic: str) -> str:
 
 
 def observations(bag: Path, camera_topics: list[str], joint_topic: str, every: int):
-    """Yield (stamp_s, [rgb per camera], joint name->position, joint name->velocity) and the URDF if recorded."""
+    """Yield (stamp_s, [rgb per camera], joint name->position, joint name->velocity, infer) at every frame
+    of the first camera once all inputs are known; ``infer`` is True at every ``every``-th."""
     from .data.images import image_fields_to_rgb
     from .data.rosbag import read_bag
     latest: dict[str, np.ndarray] = {}
@@ -39,8 +40,9 @@ def observations(bag: Path, camera_topics: list[str], joint_topic: str, every: i
                                             msg.data)
         if topic == camera_topics[0]:
             primary_count += 1
-            if primary_count % every == 0 and joints is not None and len(latest) == len(camera_topics):
-                yield timestamp / 1e9, [latest[t] for t in camera_topics], joints[0], joints[1]
+            if joints is not None and len(latest) == len(camera_topics):
+                yield (timestamp / 1e9, [latest[t] for t in camera_topics], joints[0], joints[1],
+                       primary_count % every == 0)
 
 
 def recorded_urdf(bag: Path) -> str | None:
@@ -62,7 +64,7 @@ def replay(args) -> dict:
     ee_frame = args.ee_frame or robot['ee_frame']
     urdf = Path(args.urdf).read_text() if args.urdf else (recorded_urdf(bag) or URDF_PATH.read_text())
     samples = list(observations(bag, cameras, joint_topic, args.every))
-    if not samples:
+    if not any(sample[-1] for sample in samples):
         raise SystemExit(f'{bag}: no observations with all of {cameras} and {joint_topic}')
     methods = args.methods.split(',')
     if 'none' not in methods:
@@ -73,23 +75,25 @@ def replay(args) -> dict:
     velocity = EndEffectorVelocity(urdf, ee_frame)
     controller = CoarseFineController(controller_config(robot))
     inputs = []
-    for stamp, frames, positions, velocities in samples:
+    for stamp, frames, positions, velocities, infer in samples:
         names = list(positions)
         estimate = velocity.update(names, [positions[n] for n in names],
                                    [velocities.get(n, float('nan')) for n in names] if velocities else [], stamp)
         decision = controller.step(estimate.linear if estimate.valid else None,
                                    estimate.angular if estimate.valid else None, False, stamp)
-        inputs.append((frames, proprio.build(positions) if base.config.proprio_dim else None, decision.mode,
-                       estimate.linear_speed if estimate.valid else None))
+        inputs.append((frames, proprio.build(positions) if base.config.proprio_dim and infer else None, decision.mode,
+                       estimate.linear_speed if estimate.valid else None, infer))
     policies = {m: base if m == 'none' else VLAPolicy(base.model, base.tokenizer, m) for m in methods}
     outputs = {m: [] for m in methods}
-    for frames, state, mode, speed in tqdm(inputs, desc='replay', dynamic_ncols=True):
+    for frames, state, mode, speed, infer in tqdm(inputs, desc='replay', dynamic_ncols=True):
         for method, policy in policies.items():
-            outputs[method].append(policy.infer(frames, state, args.instruction, mode=mode, ee_speed=speed))
+            policy.observe_frames(frames)          # every frame: the ring SpecPrune's Δ reads
+            if infer:
+                outputs[method].append(policy.infer(frames, state, args.instruction, mode=mode, ee_speed=speed))
     reference = np.stack([o.actions for o in outputs['none']])
     names = base.config.action_names
     report = {'methods': {}, 'meta': {'command': args.command, 'bag': str(bag),
-                                      'observations': len(inputs), 'instruction': args.instruction,
+                                      'observations': len(outputs['none']), 'instruction': args.instruction,
                                       'date': time.strftime('%Y-%m-%d')}}
     for method, outs in outputs.items():
         actions = np.stack([o.actions for o in outs])
