@@ -265,6 +265,7 @@ class VLAPruneNode(Node):
                 decision = self.controller.step(observation.linear, observation.angular, False,
                                                 observation.velocity_stamp)
                 last_velocity_stamp = observation.velocity_stamp
+                self.policy.observe_frames(observation.images)     # the frame ring SpecPrune's Δ reads
                 actions, record = self._infer(run, observation, decision)
                 with run.lock:     # publish only while this goal still owns the robot
                     if not run.active or run.handle.is_cancel_requested:
@@ -322,9 +323,16 @@ class VLAPruneNode(Node):
         """Wait while the chunk executes; returns early on a coarse -> fine switch or when the goal ends."""
         steps = self.parameters.value('execute_steps') or self.policy.config.chunk_len
         deadline = published + self.parameters.value('control_dt') * steps
+        next_frame = published + self.parameters.value('control_dt')
         while time.perf_counter() < deadline:
             if self._ending(run):
                 return last_velocity_stamp
+            if time.perf_counter() >= next_frame:      # one frame per control step into the policy's ring
+                next_frame += self.parameters.value('control_dt')
+                try:
+                    self.policy.observe_frames(self.inputs.observe(self.parameters.value('max_input_age')).images)
+                except StaleInput:
+                    pass        # a missing frame leaves a gap; the next inference checks its own inputs
             velocity = self.inputs.velocity()
             if velocity is not None and velocity.stamp_s != last_velocity_stamp:
                 last_velocity_stamp = velocity.stamp_s
