@@ -34,7 +34,7 @@ def test_defaults_are_valid_and_in_si():
     assert c.fine_enter_xy_speed == pytest.approx(0.0125) and c.fine_enter_z_speed == pytest.approx(0.0125)
     assert c.fine_exit_z_speed == pytest.approx(0.025)
     assert c.fine_enter_angular_speed == pytest.approx(0.25) and c.fine_exit_angular_speed == pytest.approx(0.375)
-    assert c.min_dwell_time == 0.3 and c.unknown_velocity_mode == 'fine'
+    assert c.min_dwell_time == 0.1 and c.unknown_velocity_mode == 'fine'
 
 
 def test_enters_fine_when_slow_and_leaves_when_fast():
@@ -49,11 +49,24 @@ def test_enters_fine_when_slow_and_leaves_when_fast():
     assert [d.mode for d in changed] == [FINE, COARSE]
     assert changed[0].flush_queue and not changed[1].flush_queue
     assert 'fine_enter_speed' in changed[0].reason and 'fine_exit_speed' in changed[1].reason
-    # the first switch happens after exactly the dwell time (0.3 s = 15 samples at 50 Hz)
+    # the first switch happens after exactly the dwell time (0.1 s = 5 samples at 50 Hz)
     first_fine = next(i for i, d in enumerate(decisions) if d.mode == FINE)
-    assert first_fine == 50 + 15
+    assert first_fine == 50 + 5
     assert decisions[first_fine].linear_speed == pytest.approx(0.01)
     assert decisions[first_fine].velocity_valid
+
+
+def test_default_dwell_is_the_shortest_without_chatter_on_the_measured_sim_traces():
+    """benchmarks/speed_traces.json replays the controller over the simulated arm's measured speeds:
+    the default dwell is the shortest candidate that never undoes a switch within a chunk, and it
+    dwells less than half a chunk (8 steps of 0.1 s), so a coarse->fine flush still saves steps."""
+    import json
+    from pathlib import Path
+    traces = json.loads((Path(__file__).parents[1] / 'benchmarks' / 'speed_traces.json').read_text())
+    quiet = sorted(float(d) for d, row in traces['dwell'].items() if row['undone_within_a_chunk_per_episode'] == 0)
+    assert ControllerConfig().min_dwell_time == quiet[0]
+    assert traces['dwell']['0.0']['undone_within_a_chunk_per_episode'] > 0
+    assert ControllerConfig().min_dwell_time < 0.5 * 8 * traces['control_dt']
 
 
 def test_hysteresis_band_keeps_the_mode():

@@ -72,6 +72,13 @@ class ControllerConfig(Options):
 
     ``unknown_velocity_mode``: 'fine' goes to fine at once when the velocity is
     unknown (None/NaN); 'hold' keeps the current mode.
+
+    ``min_dwell_time`` = 0.1 s, chosen from the simulated arm's measured speed traces
+    (``benchmarks/speed_traces.py``, 20 expert episodes at 10 Hz): with no dwell the mode is undone
+    within a chunk 1.2 times per episode (chatter at the slow-down threshold); 0.1 s (a switch must
+    hold over two consecutive samples) already removes all of it, while 0.3 s (3 of the 8 steps of
+    a chunk) cuts the time spent in fine from 32 % to 25 % of the steps and leaves a coarse->fine
+    flush less of the chunk to save. Longer only delays the switch to fine, where pruning must ease.
     """
 
     prefix: ClassVar[str] = 'controller'
@@ -94,7 +101,7 @@ class ControllerConfig(Options):
     fine_exit_angular_speed: float = option(
         0.3 * _SI_PER_ROTATION_UNIT,                                                     # 0.375 rad/s
         'Leave fine above this angular speed (rad/s) when no actions are queued.', low=0.0, high=INF)
-    min_dwell_time: float = option(0.3, 'A mode switch must hold this long (s) before it takes effect.',
+    min_dwell_time: float = option(0.1, 'A mode switch must hold this long (s) before it takes effect.',
                                    low=0.0, high=60.0)
     unknown_velocity_mode: str = option('fine', "Unknown velocity: 'fine' at once, or 'hold' the current mode.",
                                         choices=UNKNOWN_VELOCITY_MODES)
