@@ -338,3 +338,67 @@ def test_pad_tokens_are_never_queries():
         torch.testing.assert_close(method.scores(garbage, layout, full), method.scores(embeddings, layout, full),
                                    atol=1e-6, rtol=0)
         assert not torch.allclose(method.scores(garbage, layout), method.scores(embeddings, layout), atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- LightVLA* files and training
+
+def test_star_queries_are_saved_with_their_query_mode(tmp_path):
+    model, tokenizer = tiny_model_and_tokenizer()
+    save_checkpoint(model, tokenizer, tmp_path, {})
+    trained = create_method('lightvla_star', query_mode='replace')
+    learned = torch.randn(32, model.hidden_size)
+    with torch.no_grad():
+        trained.ensure_queries(32, model.hidden_size).queries.copy_(learned)
+    trained.save_queries(tmp_path)
+    with pytest.warns(UserWarning, match="query_mode 'replace'"):
+        policy = VLAPolicy.from_checkpoint(tmp_path, method='lightvla_star')      # asks for the default 'add'
+    assert policy.method.options.query_mode == 'replace' and policy.method_warning == ''
+    assert torch.equal(policy.method.trainable_module().queries.detach(), learned)
+    assert policy.method_refusals() == ()
+
+
+def test_a_star_checkpoint_without_queries_warns_and_the_node_refuses_the_method(tmp_path):
+    from vla_prune_ros.parameters import ModelInfo, ParameterError, validate
+    model, tokenizer = tiny_model_and_tokenizer()
+    save_checkpoint(model, tokenizer, tmp_path, {})
+    with pytest.warns(UserWarning, match='plain LightVLA'):
+        policy = VLAPolicy.from_checkpoint(tmp_path, method='lightvla_star')
+    assert 'pruner_lightvla_star.safetensors' in policy.method_warning
+    refusals = dict(policy.method_refusals())
+    assert set(refusals) == {'lightvla_star'}
+    config = model.config
+    info = ModelInfo(action_dim=config.action_dim, chunk_len=config.chunk_len, num_cameras=config.num_cameras,
+                     proprio_dim=config.proprio_dim, camera_names=tuple(config.camera_names),
+                     action_names=tuple(config.action_names), refused_methods=policy.method_refusals())
+    values = {'proprio_source': 'zeros'}
+    validate({**values, 'method': 'lightvla'}, info)
+    with pytest.raises(ParameterError, match='method: lightvla_star: .* plain LightVLA'):
+        validate({**values, 'method': 'lightvla_star'}, info)
+
+
+def test_prepared_queries_run_their_forward_through_the_accelerate_wrapper():
+    """Under DDP gradients are reduced only for modules whose forward ran through the wrapper."""
+    calls = []
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self):
+            calls.append(1)
+            return self.module()
+
+    class FakeAccelerator:
+        device = torch.device('cpu')
+
+        def prepare(self, module):
+            return Wrapper(module)
+
+    model, inputs, _, _ = setup()
+    star = create_method('lightvla_star')
+    star.train(True)
+    plain = star.prepare_queries(FakeAccelerator(), 32, model.hidden_size)
+    assert plain is star.trainable_module() and tuple(plain.queries.shape) == (32, model.hidden_size)
+    torch.nn.functional.l1_loss(model(*inputs, pruner=star), torch.zeros(1, 8, 7)).backward()
+    assert calls and plain.queries.grad is not None

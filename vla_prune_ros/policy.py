@@ -111,6 +111,11 @@ class VLAPolicy:
         path = Path(self._checkpoint_dir) / f'pruner_{name}.safetensors'
         return '' if path.is_file() else method.missing_weights_reason(path)
 
+    def method_refusals(self) -> tuple[tuple[str, str], ...]:
+        """(method, reason) for every registered method this checkpoint cannot run as asked."""
+        from .pruning import available_methods
+        return tuple((name, reason) for name in available_methods() if (reason := self.method_refusal(name)))
+
     def reset(self) -> None:
         """New episode: forget per-episode pruning state and the frame ring."""
         self.method.reset()

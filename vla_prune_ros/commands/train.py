@@ -11,6 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--method', default='none', choices=['none', 'lightvla', 'lightvla_star'],
                         help='token selection in the loop (LightVLA trains through it)')
     parser.add_argument('--noise', default='uniform', choices=['uniform', 'gumbel'])
+    parser.add_argument('--query-mode', default='add', choices=['add', 'replace'],
+                        help="lightvla_star: learned queries 'add' to or 'replace' the free ones (saved with them)")
     parser.add_argument('--steps', type=int, default=3000)
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--lr', type=float, default=5e-4)

@@ -126,7 +126,7 @@ class VLAPruneNode(Node):
         config = self.policy.config
         model = ModelInfo(action_dim=config.action_dim, chunk_len=config.chunk_len, num_cameras=config.num_cameras,
                           proprio_dim=config.proprio_dim, camera_names=tuple(config.camera_names),
-                          action_names=tuple(config.action_names))
+                          action_names=tuple(config.action_names), refused_methods=self.policy.method_refusals())
         try:
             validate(values, model)
             urdf = resolve_urdf(values)

@@ -28,6 +28,7 @@ class ModelInfo:
     proprio_dim: int
     camera_names: tuple = ()
     action_names: tuple = ()
+    refused_methods: tuple = ()      # (method, reason) pairs this checkpoint cannot run as asked
 
 
 
@@ -96,6 +97,9 @@ def validate(values: Mapping[str, Any], model: Optional[ModelInfo] = None) -> No
         raise ParameterError("proprio_joint_names: must name joints when proprio_source is 'joint_positions'")
 
     if model is not None:
+        refusals = dict(model.refused_methods)
+        if full['method'] in refusals:
+            raise ParameterError(f"method: {refusals[full['method']]}")
         if low and len(low) != model.action_dim:
             raise ParameterError(f'action_low/action_high: {len(low)} values, the model has {model.action_dim} '
                                  f'action dimensions {list(model.action_names)}')
