@@ -1,14 +1,16 @@
 """The benchmark behind ``vla-prune bench``: every method against the unpruned baseline, measured in the same run.
 
-All methods share one model and see the same realistic frame sequence (an expert episode
-of the simulated arm rendered at the model's resolution: consecutive frames of a moving
-scene). Calls are interleaved method by method on every frame, after warm-up; latency is
-the median over frames. Ratios are always against ``none`` from this same run.
+All methods share one model and see the same realistic frame sequence: an expert episode of the
+simulated arm rendered at the model's resolution, every control step. Each policy observes every
+step's frames (its frame ring, for SpecPrune's Δ); the measured TCP twist of each step drives a
+``CoarseFineController`` exactly as in the node, and every ``chunk_len`` steps each method infers
+with the controller's mode and the measured speed. Calls are interleaved method by method, after
+warm-up; latency is the median over inferences. Ratios are always against ``none`` from this run.
 
-Besides each method's own behaviour, the papers' operating points are run with the kept
-token counts forced (``*@paper``): SpecPrune ≈ 285 tokens after static pruning then a
-further ≈ 19 % dynamic; LightVLA ≈ 78 visual tokens. Their FLOP and latency ratios can then
-be read against the papers' (1.46-1.57x; 59 % FLOPs cut, 1.62x).
+Besides each method's own behaviour, the papers' operating points are run with the kept token
+counts forced (``*@paper``): SpecPrune ≈ 285 tokens after static pruning then a further ≈ 19 %
+dynamic; LightVLA ≈ 78 visual tokens. The model has random weights, so ``lightvla_star`` runs with
+random (not trained) queries, labelled ``lightvla_star@random-queries``.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import argparse
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,44 +36,64 @@ INSTRUCTION = 'push the blue cube onto the green pad'
 def preset_config(name: str, attn_implementation: str = 'sdpa') -> VLAConfig:
     """``oft-scaled``: OFT's token layout (2 cameras x 256 patches, ~600 LLM tokens), fused
     DINOv2-reg + SigLIP, and a Llama with 7B's width-to-depth ratio (4096/32 = 1024/8) and
-    head size 128; ViTs sized so vision's share of FLOPs is close to OFT's. ``tiny``: for tests.
+    head size 128; ViTs sized so vision's share of FLOPs is close to OFT's. ``oft-32``: the same
+    layout and ViTs with OFT's 32 layers, narrowed to 512 (head size 128, MLP ratio 2.6875 as
+    Llama-2-7B) to fit this CPU, so layer 0 is 1/32 of the LLM as in OFT. ``tiny``: for tests.
     """
     stats = dict(action_norm=NormStats([-1.0] * 7, [1.0] * 7, [True] * 6 + [False]),
                  proprio_norm=NormStats([-1.0] * 8, [1.0] * 8))
-    if name == 'oft-scaled':
+    if name in ('oft-scaled', 'oft-32'):
         vit = dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=4, intermediate_size=1024)
         vision = VisionConfig(image_size=224, patch_size=14, backbones=[
             BackboneConfig(type='dinov2_reg', num_register_tokens=4, mean=IMAGENET_MEAN, std=IMAGENET_STD, **vit),
             BackboneConfig(type='siglip', **vit)])
-        llm = dict(vocab_size=512, hidden_size=1024, intermediate_size=2752, num_hidden_layers=8,
-                   num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=2048, rms_norm_eps=1e-6)
+        if name == 'oft-scaled':
+            llm = dict(vocab_size=512, hidden_size=1024, intermediate_size=2752, num_hidden_layers=8,
+                       num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=2048, rms_norm_eps=1e-6)
+        else:
+            llm = dict(vocab_size=512, hidden_size=512, intermediate_size=1376, num_hidden_layers=32,
+                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-6)
     elif name == 'tiny':
         vision = VisionConfig(image_size=112, patch_size=14, backbones=[BackboneConfig(
             type='siglip', hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)])
         llm = dict(vocab_size=128, hidden_size=64, intermediate_size=172, num_hidden_layers=4,
                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6)
     else:
-        raise ValueError(f"unknown preset '{name}' (oft-scaled, tiny)")
+        raise ValueError(f"unknown preset '{name}' ({', '.join(PRESETS)})")
     return VLAConfig(vision=vision, llm=llm, readout_token_id=READOUT_ID, attn_implementation=attn_implementation,
                      **stats)
 
 
-def frame_sequence(count: int, size: int, seed: int) -> tuple[list[list[np.ndarray]], list[float]]:
-    """Consecutive frames of the simulated expert pushing a cube, one per chunk (8 control steps)."""
+PRESETS = ('oft-scaled', 'oft-32', 'tiny')
+
+
+@dataclass
+class ControlStep:
+    """One control step of the recorded episode: the frames and the measured TCP twist."""
+    images: list[np.ndarray]
+    linear: np.ndarray
+    angular: np.ndarray
+    stamp: float
+
+
+def control_steps(count: int, size: int, seed: int) -> list[ControlStep]:
+    """``count`` consecutive control steps of the simulated expert pushing a cube."""
     from .sim.env import TabletopEnv
-    from .sim.scene import CAMERA_NAMES
     from .sim.expert import ScriptedExpert
-    frames, speeds = [], []
+    from .sim.scene import CAMERA_NAMES
+    steps = []
     with TabletopEnv(image_size=size, seed=seed) as env:
         obs = env.reset(task='push', seed=seed)
         expert = ScriptedExpert(env, seed=seed)
         expert.reset(seed=seed)
-        while len(frames) < count:
-            frames.append([obs.images[name] for name in CAMERA_NAMES])
-            speeds.append(float(np.linalg.norm(obs.tcp_linear_velocity)))
-            for _ in range(8):
-                obs = env.step(expert.act(obs))
-    return frames, speeds
+        while len(steps) < count:
+            steps.append(ControlStep([obs.images[name] for name in CAMERA_NAMES], np.array(obs.tcp_linear_velocity),
+                                     np.array(obs.tcp_angular_velocity), float(obs.time)))
+            obs = env.step(expert.act(obs))
+            if obs.success:         # keep going on a fresh scene so the sequence stays realistic
+                obs = env.reset(task='push', seed=seed + len(steps))
+                expert.reset(seed=seed + len(steps))
+    return steps
 
 
 def method_specs(methods: list[str], paper_points: bool, config: VLAConfig, prompt_tokens: int
@@ -83,35 +106,58 @@ def method_specs(methods: list[str], paper_points: bool, config: VLAConfig, prom
             specs.append(('specprune@paper', 'specprune', {'forced_static_visual': max(1, 285 - non_visual)}))
         if 'lightvla' in methods:
             specs.append(('lightvla@paper', 'lightvla', {'forced_visual_keep': 78}))
-    return specs
+    # Random weights: LightVLA*'s queries are random too (not trained); the label says so.
+    return [(f'{label}@random-queries' if method == 'lightvla_star' else label, method, options)
+            for label, method, options in specs]
 
 
 def run(args: argparse.Namespace) -> dict:
+    from .control.controller import CoarseFineController
+    from .evaluation import sim_controller_config
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     config = preset_config(args.preset, args.attn)
     tokenizer = build_word_tokenizer(prompt_words(config.prompt_template, [INSTRUCTION]))
     config.llm['vocab_size'] = max(config.llm['vocab_size'], len(tokenizer))
-    model = VLAModel(config).eval()
-    frames, speeds = frame_sequence(args.frames + args.warmup, config.vision.image_size, args.seed)
+    model = VLAModel(config).eval().to(getattr(args, 'device', 'cpu'))
+    chunk = config.chunk_len
+    steps = control_steps((args.frames + args.warmup) * chunk, config.vision.image_size, args.seed)
     base = VLAPolicy(model, tokenizer, 'none')
     prompt_tokens = base._prompt(INSTRUCTION).shape[1]
     specs = method_specs(args.methods.split(','), not args.no_paper_points, config, prompt_tokens)
     policies = {label: VLAPolicy(model, tokenizer, method, options) for label, method, options in specs}
+    for policy in policies.values():
+        if policy.method.name == 'lightvla_star':
+            generator = torch.Generator().manual_seed(args.seed)
+            queries = policy.method.ensure_queries(config.num_visual_tokens, model.hidden_size).queries
+            with torch.no_grad():
+                queries.copy_(torch.randn(queries.shape, generator=generator))
+    controller = CoarseFineController(sim_controller_config())
     samples: dict[str, list] = {label: [] for label in policies}
-    for index, (images, speed) in enumerate(zip(frames, speeds)):
+    modes = []
+    for index, step in enumerate(steps):
+        decision = controller.step(step.linear, step.angular, index % chunk != 0, step.stamp)
+        for policy in policies.values():
+            policy.observe_frames(step.images)
+        if index % chunk:
+            continue
+        modes.append(decision.mode)
+        speed = float(np.linalg.norm(step.linear))
         for label, policy in policies.items():      # interleaved: every method sees every frame in turn
-            mode = 'fine' if speed < 0.05 else 'coarse'
-            out = policy.infer(images, np.zeros(config.proprio_dim), INSTRUCTION, mode=mode, ee_speed=speed)
-            if index >= args.warmup:
+            out = policy.infer(step.images, np.zeros(config.proprio_dim), INSTRUCTION, mode=decision.mode,
+                               ee_speed=speed)
+            if index // chunk >= args.warmup:
                 samples[label].append(out.record)
     results = summarise(samples, config)
     results['meta'] = {
-        'command': args.command, 'preset': args.preset, 'attn': args.attn,
+        'command': args.command, 'preset': args.preset, 'attn': args.attn, 'device': str(base.device),
         'torch_threads': torch.get_num_threads(), 'frames': args.frames, 'warmup': args.warmup,
         'parameters': count_parameters(model), 'sequence_length': samples['none'][0].tokens_total if 'none' in samples
         else None, 'vision_flops_share': vision_share(config, samples),
+        'llm_layers': config.llm['num_hidden_layers'], 'fine_inferences': modes[args.warmup:].count('fine'),
+        'inferences': len(modes[args.warmup:]),
+        'mode_source': 'CoarseFineController on the measured TCP twist of every control step (config/sim_robot.yaml)',
         'machine': f'{platform.machine()} {platform.processor() or ""}'.strip(), 'torch': torch.__version__,
         'date': time.strftime('%Y-%m-%d')}
     return results
@@ -158,11 +204,12 @@ def summarise(samples: dict[str, list], config: VLAConfig) -> dict:
 
 
 def table(results: dict) -> str:
-    header = (f"{'method':<17}{'latency ms':>11}{'speed-up':>9}{'tokens in':>10}{'vis@last':>9}{'avg/layer':>10}"
+    width = max([len(label) for label in results['methods']] + [6]) + 2
+    header = (f"{'method':<{width}}{'latency ms':>11}{'speed-up':>9}{'tokens in':>10}{'vis@last':>9}{'avg/layer':>10}"
               f"{'GFLOPs':>9}{'FLOPs':>7}{'FLOP-pred':>10}{'eff.':>6}{'prune ms':>9}{'prune %':>8}")
     lines = [header, '-' * len(header)]
     for label, row in results['methods'].items():
-        lines.append(f"{label:<17}{row['latency_ms']:>11.1f}{row.get('latency_speedup', 1):>8.2f}x"
+        lines.append(f"{label:<{width}}{row['latency_ms']:>11.1f}{row.get('latency_speedup', 1):>8.2f}x"
                      f"{row['tokens_into_llm']:>10.0f}{row['visual_tokens_last_layer']:>9.0f}"
                      f"{row['mean_tokens_per_layer']:>10.1f}{row['gflops']:>9.2f}{row.get('flops_ratio', 1):>7.2f}"
                      f"{row.get('flops_speedup', 1):>9.2f}x{row.get('efficiency', 1):>6.2f}{row['pruning_ms']:>9.2f}"
