@@ -38,6 +38,30 @@ class StageClock:
         self.total += self.now() - self._started
 
 
+def lean_decoder_layer(layer, hidden: torch.Tensor, cos_sin, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """``LlamaDecoderLayer.forward`` with sdpa, the same ops in the same order (bit-identical), without
+    transformers' per-call dispatch: at a few hundred tokens per-op overhead is much of a layer's time."""
+    attn, mlp = layer.self_attn, layer.mlp
+    batch, length, _ = hidden.shape
+    head_dim = attn.head_dim
+    normed = layer.input_layernorm(hidden)
+    q = attn.q_proj(normed).view(batch, length, -1, head_dim).transpose(1, 2)
+    k = attn.k_proj(normed).view(batch, length, -1, head_dim).transpose(1, 2)
+    v = attn.v_proj(normed).view(batch, length, -1, head_dim).transpose(1, 2)
+    cos, sin = cos_sin[0].unsqueeze(1), cos_sin[1].unsqueeze(1)
+    q = q * cos + rotate_half(q) * sin
+    k = k * cos + rotate_half(k) * sin
+    if attn.num_key_value_groups > 1:
+        k = k.repeat_interleave(attn.num_key_value_groups, dim=1)
+        v = v.repeat_interleave(attn.num_key_value_groups, dim=1)
+    dropout = attn.attention_dropout if attn.training else 0.0
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                           is_causal=causal and mask is None, scale=attn.scaling)
+    hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+    normed = layer.post_attention_layernorm(hidden)
+    return hidden + mlp.down_proj(mlp.act_fn(mlp.gate_proj(normed)) * mlp.up_proj(normed))
+
+
 def tail_attention(layer: torch.nn.Module, q: torch.Tensor, k: torch.Tensor,
                    cos_sin: tuple[torch.Tensor, torch.Tensor], tail: int, key_padding: torch.Tensor | None,
                    causal: bool) -> torch.Tensor:
@@ -125,6 +149,7 @@ def run_pruned_llm(model, embeddings: torch.Tensor, layout, pruner=None, step=No
         clock.stop()
     attention_layers = pruner.attention_layers(len(llm.layers)) if pruner is not None else ()
     causal = model.config.causal
+    lean = model.config.attn_implementation == 'sdpa'       # eager keeps transformers' own path
     cos_sin = mask = None
     for index, layer in enumerate(llm.layers):
         if trace is not None:
@@ -137,7 +162,10 @@ def run_pruned_llm(model, embeddings: torch.Tensor, layout, pruner=None, step=No
             attn = layer.self_attn
             handles = [attn.q_proj.register_forward_hook(lambda m, i, o: captured.__setitem__('q', o)),
                        attn.k_proj.register_forward_hook(lambda m, i, o: captured.__setitem__('k', o))]
-        hidden = layer(hidden, attention_mask=mask, position_embeddings=cos_sin, is_causal=causal and mask is None)
+        if lean:
+            hidden = lean_decoder_layer(layer, hidden, cos_sin, mask, causal)
+        else:
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=cos_sin, is_causal=causal and mask is None)
         for handle in handles:
             handle.remove()
         if pruner is not None and index + 1 < len(llm.layers):
