@@ -60,7 +60,7 @@ class VLAPolicy:
         self.dtype = next(model.parameters()).dtype
         self.method = create_method(method, **(method_options or {}))
         self._prompt_cache: dict[str, tuple[torch.Tensor, int]] = {}
-        self._ring: deque[list] = deque(maxlen=FRAME_RING)      # [raw frames, prepared frames or None]
+        self._ring: deque[list] = deque(maxlen=FRAME_RING)      # [raw frames, resized frames or None]
         self._observed = False          # observe_frames called since reset: the ring is in use
         self.method_warning = ''        # why the method runs other than asked (missing weights)
 
@@ -128,13 +128,12 @@ class VLAPolicy:
         self._observed = True
 
     def _earlier_frames(self, steps: int) -> list[np.ndarray] | None:
-        """Prepared frames ``steps`` control steps before the newest observed (the oldest held if fewer)."""
+        """Resized (uncropped) frames ``steps`` control steps before the newest observed (the oldest held if fewer)."""
         if len(self._ring) < 2:
             return None
         entry = self._ring[-1 - min(max(int(steps), 1), len(self._ring) - 1)]
         if entry[1] is None:
-            size, crop = self.config.vision.image_size, self.config.center_crop
-            entry[1] = [prepare_image(image, size, crop) for image in entry[0]]
+            entry[1] = [prepare_image(image, self.config.vision.image_size, False) for image in entry[0]]
         return entry[1]
 
     # --- inference --------------------------------------------------------------
@@ -162,7 +161,9 @@ class VLAPolicy:
         if len(images) != config.num_cameras:
             raise ValueError(f'expected {config.num_cameras} images ({config.camera_names}), got {len(images)}')
         start = time.perf_counter()
-        frames = [prepare_image(image, config.vision.image_size, config.center_crop) for image in images]
+        # Resized to the model's size; the centre crop follows. Frame comparisons use the uncropped ones.
+        resized = [prepare_image(image, config.vision.image_size, False) for image in images]
+        frames = [prepare_image(image, config.vision.image_size, config.center_crop) for image in resized]
         pixels = pixel_values(frames, config).to(self.device, self.dtype)
         proprio_tensor = None
         if config.proprio_dim:
@@ -173,8 +174,8 @@ class VLAPolicy:
         ids, template = self._prompt_and_template(instruction)
         trace = ForwardTrace()
         if self._observed:      # these are the newest observed frames: keep their prepared copies
-            self._ring[-1][1] = frames
-        step = InferenceStep(frames=frames, mode=mode, ee_speed=ee_speed, template_tokens=template,
+            self._ring[-1][1] = resized
+        step = InferenceStep(frames=resized, mode=mode, ee_speed=ee_speed, template_tokens=template,
                              earlier_frames=self._earlier_frames if self._observed else None)
         preprocess = time.perf_counter() - start
         normalized = self.model(pixels, proprio_tensor, ids, pruner=self.method, step=step, trace=trace)

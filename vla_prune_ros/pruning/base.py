@@ -43,10 +43,12 @@ class PruneResult:
 @dataclass
 class InferenceStep:
     """Per-inference inputs a method may use, and the stage counts it reports."""
-    frames: list[np.ndarray] = field(default_factory=list)   # prepared uint8 frames, model order
+    # uint8 frames, model order, resized to the model's input size before the centre crop (what
+    # SpecPrune compares, as its released code compares the resized frames)
+    frames: list[np.ndarray] = field(default_factory=list)
     mode: str = 'coarse'                                       # from the coarse/fine controller
     ee_speed: float | None = None                              # measured translation speed, m/s
-    # earlier_frames(steps): the prepared frames that many control steps before these (the oldest
+    # earlier_frames(steps): the frames (resized likewise) that many control steps before these (the oldest
     # held if fewer), or None when there is none; None when the caller keeps no frame ring.
     earlier_frames: Callable[[int], list[np.ndarray] | None] | None = None
     template_tokens: int = 0          # prompt tokens of the fixed template before the instruction

@@ -2,8 +2,9 @@
 
 Static pruning (once per inference, progressive over layers 0 and 1), per view:
 
-* **Frame change.** Raw-pixel patches on the encoder's grid are compared (cosine similarity) with
-  the frame Δ control steps back; up to ``static_cap`` of the most similar patches above
+* **Frame change.** Raw-pixel patches on the encoder's grid of the frames resized to the model's
+  input (before the centre crop, as the released code compares them) are compared (cosine
+  similarity) with the frame Δ control steps back; up to ``static_cap`` of the most similar patches above
   ``similarity_threshold`` are static candidates. Δ follows the released code's formula,
   ``int(slope v + intercept) + offset``, clipped to [``delta_min``, ``delta_max``]; the frame
   comes from the policy's ring of frames at the control rate (``VLAPolicy.observe_frames``).
