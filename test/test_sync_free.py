@@ -70,3 +70,16 @@ def test_the_counter_sees_the_syncs_it_looks_for():
         x[x > 3]
     assert '_local_scalar_dense' in counter.syncs and 'nonzero' in counter.syncs
     assert 'index with a boolean mask' in counter.syncs or counter.syncs.count('nonzero') >= 2
+
+
+def test_stage_clocks_synchronise_cuda_before_reading_the_time(monkeypatch):
+    """On a GPU, queued layer work must not be billed to the pruning timer: it synchronises first."""
+    from vla_prune_ros.model.pruned_llm import StageClock
+    calls = []
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda device=None: calls.append(device))
+    clock = StageClock(torch.device('cuda', 0))
+    clock.start()
+    clock.stop()
+    assert calls == [torch.device('cuda', 0)] * 2 and clock.total >= 0
+    StageClock(torch.device('cpu')).start()
+    assert len(calls) == 2

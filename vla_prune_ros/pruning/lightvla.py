@@ -19,6 +19,11 @@ position of the patch it selected, from the model's padding-aware positions. Noi
 trainer anneals the scale from 1 to 0 with ``set_noise_scale``. ``forced_visual_keep`` keeps
 exactly that many patches, ranked by their best score (the paper's operating point, for the
 benchmark).
+
+Beyond the released code, on purpose: ``min_visual_tokens`` tops the union up to a floor by the
+same best score (the code has no floor; default 1 changes nothing); batched inference keeps
+per-row sets as above (the code runs batch 1); the kept count is read from the device once per
+inference (a variable count needs it), the only device sync of the call.
 """
 from __future__ import annotations
 
