@@ -72,14 +72,32 @@ def test_the_counter_sees_the_syncs_it_looks_for():
     assert 'index with a boolean mask' in counter.syncs or counter.syncs.count('nonzero') >= 2
 
 
-def test_stage_clocks_synchronise_cuda_before_reading_the_time(monkeypatch):
-    """On a GPU, queued layer work must not be billed to the pruning timer: it synchronises first."""
+def test_stage_clocks_time_cuda_with_events_and_never_sync_between_layers(monkeypatch):
+    """On a GPU the pruning timer records CUDA events (no host sync per interval) and reads them once."""
     from vla_prune_ros.model.pruned_llm import StageClock
-    calls = []
-    monkeypatch.setattr(torch.cuda, 'synchronize', lambda device=None: calls.append(device))
+    syncs, recorded = [], []
+
+    class FakeEvent:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.at = None
+
+        def record(self):
+            self.at = 10.0 * len(recorded)          # ms
+            recorded.append(self)
+
+        def synchronize(self):
+            syncs.append('event')
+
+        def elapsed_time(self, end):
+            return end.at - self.at
+
+    monkeypatch.setattr(torch.cuda, 'Event', FakeEvent)
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda device=None: syncs.append(device))
     clock = StageClock(torch.device('cuda', 0))
-    clock.start()
-    clock.stop()
-    assert calls == [torch.device('cuda', 0)] * 2 and clock.total >= 0
-    StageClock(torch.device('cpu')).start()
-    assert len(calls) == 2
+    for _ in range(3):
+        clock.start()
+        clock.stop()
+    assert syncs == [] and len(recorded) == 6
+    assert clock.total == pytest.approx(0.03) and syncs == ['event']
+    assert clock.now() >= 0 and syncs[-1] == torch.device('cuda', 0)    # whole-stage laps synchronise

@@ -322,22 +322,35 @@ class VLAModel(nn.Module):
         clock.lap('llm')
         actions = self.action_head(readout)
         clock.lap('head')
+        clock.finish()
         return (actions, readout) if return_readout else actions
 
 
 class _Clock:
-    """Wall-clock laps of the forward's stages; synchronises CUDA so each lap measures its own work."""
+    """Laps of the forward's stages (vision, llm, head): each lap is its own ``StageClock`` interval,
+    so on CUDA they are events read once after the head, never a sync between stages."""
 
     def __init__(self, device: torch.device, trace: ForwardTrace | None):
-        self.clock, self.trace = StageClock(device), trace
-        self.start = self.clock.now() if trace is not None else 0.0
+        self.device, self.trace = device, trace
+        self.clocks: dict[str, StageClock] = {}
+        self.current: StageClock | None = None
+        if trace is not None:
+            self._begin()
+
+    def _begin(self) -> None:
+        self.current = StageClock(self.device)
+        self.current.start()
 
     def lap(self, name: str) -> None:
         if self.trace is None:
             return
-        now = self.clock.now()
-        self.trace.timings[name] = now - self.start
-        self.start = now
+        self.current.stop()
+        self.clocks[name] = self.current
+        self._begin()
+
+    def finish(self) -> None:
+        if self.trace is not None:
+            self.trace.timings.update({name: clock.total for name, clock in self.clocks.items()})
 
 
 def count_parameters(module: nn.Module) -> int:

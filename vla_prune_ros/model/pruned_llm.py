@@ -17,25 +17,49 @@ from transformers.models.llama.modeling_llama import rotate_half
 
 
 class StageClock:
-    """Seconds spent in a stage; on CUDA it synchronises before reading the clock, so queued layer
-    work is not billed to the stage that happens to wait for it."""
+    """Seconds spent in a stage, summed over its start/stop intervals.
+
+    On CUDA the intervals are CUDA events on the stream, read once when ``total`` is asked for
+    (after the forward): no host sync between layers, and queued layer work is not billed to the
+    stage that happens to wait for it. On the CPU, the wall clock.
+    """
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == 'cuda'
         self.device = device
-        self.total = 0.0
+        self._seconds = 0.0
         self._started = 0.0
+        self._events: list = []
 
     def now(self) -> float:
+        """Wall-clock time after the device's queued work is done (for whole-stage laps)."""
         if self.cuda:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
     def start(self) -> None:
-        self._started = self.now()
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._events.append([event, None])
+        else:
+            self._started = time.perf_counter()
 
     def stop(self) -> None:
-        self.total += self.now() - self._started
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._events[-1][1] = event
+        else:
+            self._seconds += time.perf_counter() - self._started
+
+    @property
+    def total(self) -> float:
+        if self.cuda and self._events:
+            self._events[-1][1].synchronize()
+            self._seconds += sum(begin.elapsed_time(end) for begin, end in self._events) / 1000.0
+            self._events = []
+        return self._seconds
 
 
 def lean_decoder_layer(layer, hidden: torch.Tensor, cos_sin, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
