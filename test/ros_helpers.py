@@ -157,9 +157,11 @@ def start_node(domain: int, params: dict, params_files=(SIM_ROBOT_YAML,), ros_ar
 
 
 def start_publisher(domain: int, rate: float = 30.0, size: int = 64, wrist: bool = True,
-                    joints: str = 'moving') -> Process:
+                    joints: str = 'moving', compressed: bool = False) -> Process:
+    """``compressed``: also publish each camera as a JPEG sensor_msgs/CompressedImage on ``<topic>/compressed``."""
     process = Process([sys.executable, str(HERE), 'publish', '--rate', str(rate), '--size', str(size),
-                       '--wrist', 'on' if wrist else 'off', '--joints', joints], ros_env(domain), stdin=True)
+                       '--wrist', 'on' if wrist else 'off', '--joints', joints]
+                      + (['--compressed'] if compressed else []), ros_env(domain), stdin=True)
     assert process.wait_for('publishing', timeout=30), process.lines
     return process
 
@@ -193,7 +195,11 @@ class RosClient:
         rclpy.init(context=self.context, domain_id=domain)
         self.node = rclpy.create_node(name, namespace=namespace, context=self.context)
         self.RunInstruction = RunInstruction
-        self.action = ActionClient(self.node, RunInstruction, 'run_instruction')
+        # Deep service queues on this side too: a burst of 50 goals gets 50 responses at once.
+        from rclpy.qos import QoSProfile
+        deep = QoSProfile(depth=100)
+        self.action = ActionClient(self.node, RunInstruction, 'run_instruction', goal_service_qos_profile=deep,
+                                   result_service_qos_profile=deep, cancel_service_qos_profile=deep)
         self.parameters = AsyncParameterClient(self.node, f'/{namespace}/{NODE}' if namespace else NODE)
         self.lock = threading.Lock()
         self.chunks, self.stats, self.trajectories, self.diagnostics = [], [], [], []
@@ -205,10 +211,13 @@ class RosClient:
                     store.append((time.monotonic(), msg))
             return callback
 
+        self.images_received = 0
+
         def on_image(msg):
             stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
             with self.lock:
                 self.image_stamps.setdefault(stamp, time.monotonic())
+                self.images_received += 1
 
         self.node.create_subscription(ActionChunk, 'action_chunk', keep(self.chunks), 50)
         self.node.create_subscription(InferenceStats, 'inference_stats', keep(self.stats), 50)
@@ -242,9 +251,34 @@ class RosClient:
             time.sleep(0.005)
         return future.result()
 
+    def settle(self, frames: int = 3, timeout: float = 10.0) -> None:
+        """Wait until ``frames`` more primary-camera frames reached this client: what the publisher sends
+        after a command has then reached the node too (same host, same ticks)."""
+        with self.lock:
+            target = self.images_received + frames
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.images_received >= target:
+                    return
+            time.sleep(0.01)
+        raise AssertionError(f'fewer than {frames} camera frames in {timeout} s')
+
     def wait_ready(self, timeout: float = 60.0) -> None:
         assert self.action.wait_for_server(timeout_sec=timeout), 'run_instruction action server not up'
         assert self.parameters.wait_for_services(timeout_sec=timeout), 'parameter services not up'
+
+    def wait_topics_flowing(self, topics: list[str], timeout: float = 30.0) -> None:
+        """Until the node's /diagnostics report a non-zero rate for each of ``topics`` (resolved names)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _, array in reversed(self.diagnostics[-10:]):
+                rates = {kv.key[:-len(' rate_hz')]: float(kv.value) for status in array.status
+                         for kv in status.values if kv.key.endswith(' rate_hz')}
+                if all(rates.get(topic, 0.0) > 0 for topic in topics):
+                    return
+            time.sleep(0.1)
+        raise AssertionError(f'the node never reported {topics} flowing on /diagnostics')
 
     def wait_inputs_flowing(self, timeout: float = 30.0) -> None:
         """Wait until the node's /diagnostics report every input topic with a non-zero rate, so a
@@ -310,22 +344,27 @@ def _publisher_main(argv: list[str]) -> None:
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Bool
-    from vla_prune_ros.data.images import fill_image_msg
+    from vla_prune_ros.data.images import fill_image_msg, image_fields_to_rgb
 
     parser = argparse.ArgumentParser()
     parser.add_argument('--rate', type=float, default=30.0)
     parser.add_argument('--size', type=int, default=64)
     parser.add_argument('--wrist', default='on')
     parser.add_argument('--joints', default='moving')
+    parser.add_argument('--compressed', action='store_true')
     args = parser.parse_args(argv)
+    from sensor_msgs.msg import CompressedImage
+    from vla_prune_ros.data.images import rgb_to_compressed
 
     rclpy.init()
     node = rclpy.create_node('test_sensor_publisher')
     cameras = [node.create_publisher(Image, topic, qos_profile_sensor_data) for topic in CAMERA_TOPICS]
     joints_pub = node.create_publisher(JointState, 'joint_states', qos_profile_sensor_data)
     success_pub = node.create_publisher(Bool, 'task_done', 10)
+    compressed = [node.create_publisher(CompressedImage, topic + '/compressed', qos_profile_sensor_data)
+                  for topic in CAMERA_TOPICS] if args.compressed else []
     state = {'image': ['good', 'good'], 'camera': [True, args.wrist == 'on'], 'joints': args.joints,
-             'age': 0.0, 'seq': 0}
+             'age': 0.0, 'seq': 0, 'stamp': 'normal'}
     rng = np.random.default_rng(0)
     started = time.monotonic()
     lock = threading.Lock()
@@ -359,6 +398,10 @@ def _publisher_main(argv: list[str]) -> None:
         mode = state['joints']
         if mode == 'nan':
             velocities = [math.nan] * len(names)
+        if mode == 'huge':         # finite but non-physical (a driver fault)
+            velocities = [1e200] + [1e9] * (len(names) - 1)
+        if mode == 'duplicate':    # joint1 listed twice; the last copy is the one that counts
+            names, positions, velocities = names + ['joint1'], positions + [positions[0]], velocities + [velocities[0]]
         messages = []
         if mode == 'extra':        # the arm's joints plus one the URDF does not have
             names, positions, velocities = names + ['conveyor_joint'], positions + [0.0], velocities + [1.0]
@@ -378,9 +421,17 @@ def _publisher_main(argv: list[str]) -> None:
         with lock:
             now = node.get_clock().now()
             stamp = (now - rclpy.duration.Duration(seconds=state['age'])).to_msg()
+            if state['stamp'] == 'zero':
+                stamp = rclpy.time.Time().to_msg()
             for index, publisher in enumerate(cameras):
                 if state['camera'][index]:
-                    publisher.publish(image(index, stamp))
+                    msg = image(index, stamp)
+                    publisher.publish(msg)
+                    if compressed:
+                        rgb = image_fields_to_rgb(msg.encoding, msg.height, msg.width, msg.step, 0, msg.data)
+                        jpeg = CompressedImage(**rgb_to_compressed(rgb, 'jpeg'))
+                        jpeg.header = msg.header
+                        compressed[index].publish(jpeg)
             if state['joints'] != 'off':
                 for msg in joint_states(stamp, time.monotonic() - started):
                     joints_pub.publish(msg)
@@ -396,10 +447,12 @@ def _publisher_main(argv: list[str]) -> None:
                     state['image'][int(words[1])] = words[2]
                 elif words[0] == 'camera':          # camera <index> on|off
                     state['camera'][int(words[1])] = words[2] == 'on'
-                elif words[0] == 'joints':          # joints moving|still|nan|extra|renamed|missing|off
+                elif words[0] == 'joints':          # joints moving|still|nan|huge|duplicate|extra|renamed|missing|off
                     state['joints'] = words[1]
                 elif words[0] == 'age':             # age <seconds>: stamp every message that much in the past
-                    state['age'] = float(words[1])
+                    state['age'] = float(words[1])  # (negative: in the future)
+                elif words[0] == 'stamp':           # stamp zero|normal
+                    state['stamp'] = words[1]
                 elif words[0] == 'success':
                     success_pub.publish(Bool(data=True))
                 elif words[0] == 'quit':

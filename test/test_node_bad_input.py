@@ -46,6 +46,15 @@ def system(tmp_path_factory):
     (bad_json / 'config.json').write_text('{"camera_names": [')
     failing = {'missing': bad_checkpoint_process(root / 'does_not_exist'),
                'corrupt': bad_checkpoint_process(corrupt), 'bad_json': bad_checkpoint_process(bad_json)}
+    # config.json of the wrong shape or types: one line naming the file and the field, never a traceback.
+    import json
+    damaged = {'null_config': b'null', 'binary_config': bytes(range(256)) * 4,
+               'vision_string': json.dumps({**json.loads((good / 'config.json').read_text()),
+                                            'vision': 'siglip'}).encode()}
+    for case, content in damaged.items():
+        shutil.copytree(good, root / case)
+        (root / case / 'config.json').write_bytes(content)
+        failing[case] = bad_checkpoint_process(root / case)
 
     publisher = start_publisher(DOMAIN, rate=30.0, size=64, wrist=False)
     node = start_node(DOMAIN, {'checkpoint': str(good), **NODE_PARAMS})
@@ -57,6 +66,8 @@ def system(tmp_path_factory):
     try:
         client.wait_ready(90)
         nan_client.wait_ready(90)
+        # The wrist camera is off on purpose; the first test needs the primary frames and joint states in.
+        client.wait_topics_flowing([PRIMARY, JOINTS])
         yield client, publisher, node, nan_client, failing
     finally:
         client.close()
@@ -297,6 +308,9 @@ def test_non_finite_actions_are_never_published(system):
     ('missing', 'does_not_exist: checkpoint directory does not exist'),
     ('corrupt', 'model.safetensors: corrupt or unreadable'),
     ('bad_json', 'config.json: not valid JSON'),
+    ('null_config', 'null_config/config.json: expected a JSON object, got null'),
+    ('binary_config', 'binary_config/config.json: not valid JSON (binary data'),
+    ('vision_string', 'vision_string/config.json: bad config: vision: must be an object, got a string'),
 ])
 def test_bad_checkpoint_exits_non_zero_with_one_clear_line(system, case, message):
     process = system[4][case]

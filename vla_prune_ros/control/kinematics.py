@@ -46,11 +46,18 @@ class VelocityEstimate:
         return cls(np.full(3, np.nan), np.full(3, np.nan), False, reason, source, stamp)
 
 
+def _non_finite(names, values) -> str:
+    """'joint1=NaN, joint2=Inf': each bad value as what it is (an Inf is not a NaN)."""
+    def text(value: float) -> str:
+        return 'NaN' if math.isnan(value) else ('Inf' if value > 0 else '-Inf')
+    return ', '.join(f'{name}={text(value)}' for name, value in zip(names, values) if not math.isfinite(value))
+
+
 class EndEffectorVelocity:
     """Stateful estimator: call ``update`` with every joint-state message."""
 
     def __init__(self, urdf_xml: str, ee_frame: str, joint_names: list[str] | None = None,
-                 smoothing: float = 0.0):
+                 smoothing: float = 0.0, max_joint_velocity: float = math.inf):
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f'smoothing must be in [0, 1), got {smoothing}')
         try:
@@ -83,6 +90,8 @@ class EndEffectorVelocity:
         self.frame_id = self.model.getFrameId(ee_frame)
         self.joint_names = joint_names
         self.smoothing = float(smoothing)
+        # |q_dot| beyond this (rad/s or m/s) is a sensor fault, not motion: treated like NaN.
+        self.max_joint_velocity = float(max_joint_velocity)
 
         self._q_index, self._q_size, self._v_index = [], [], []
         for name in joint_names:
@@ -157,13 +166,15 @@ class EndEffectorVelocity:
         selected = [index[name] for name in self.joint_names]
         q_values = positions[selected]
         if not np.all(np.isfinite(q_values)):
-            bad = [n for n, v in zip(self.joint_names, q_values) if not np.isfinite(v)]
-            return invalid(f'NaN in joint positions ({", ".join(bad)})')
+            return invalid(f'non-finite joint positions ({_non_finite(self.joint_names, q_values)})')
         if use_jacobian:
             qdot = velocities[selected]
             if not np.all(np.isfinite(qdot)):
-                bad = [n for n, v in zip(self.joint_names, qdot) if not np.isfinite(v)]
-                return invalid(f'NaN in joint velocities ({", ".join(bad)})')
+                return invalid(f'non-finite joint velocities ({_non_finite(self.joint_names, qdot)})')
+            too_fast = [n for n, v in zip(self.joint_names, qdot) if abs(v) > self.max_joint_velocity]
+            if too_fast:
+                return invalid(f'non-physical joint velocities beyond max_joint_velocity '
+                               f'{self.max_joint_velocity:g} ({", ".join(too_fast)})')
         if not math.isfinite(stamp):
             return invalid('stamp is not finite')
         unknown = [name for name in names if name not in self._known_names]
@@ -188,6 +199,8 @@ class EndEffectorVelocity:
         self._remember(pose, stamp)
 
         linear, angular = np.array(linear, dtype=np.float64), np.array(angular, dtype=np.float64)
+        if not (np.all(np.isfinite(linear)) and np.all(np.isfinite(angular))):
+            return invalid('the end-effector twist is not finite')
         if self.smoothing > 0.0 and self._smoothed is not None:
             a = self.smoothing
             linear = a * self._smoothed[0] + (1.0 - a) * linear

@@ -53,6 +53,28 @@ def _as_uint8_buffer(data) -> np.ndarray:
         return np.asarray(data, dtype=np.uint8).reshape(-1)
 
 
+def check_image_layout(encoding: str, height: int, width: int, step: int, data_size: int) -> tuple[int, int]:
+    """(channels, row bytes) when the fields describe a convertible image, else ImageConversionError.
+
+    Touches no pixels, so a subscriber can reject a broken frame at arrival for the cost of a few
+    comparisons and convert only the frames it uses.
+    """
+    channels = _channels_for(encoding)
+    height, width, step = int(height), int(width), int(step)
+    if height <= 0 or width <= 0:
+        raise ImageConversionError(f'image size must be positive, got height={height} width={width}')
+    row_bytes = width * channels
+    if step < row_bytes:
+        raise ImageConversionError(
+            f'step {step} is smaller than width*channels = {width}*{channels} = {row_bytes} '
+            f'for encoding {encoding!r}')
+    needed = step * height
+    if data_size < needed:
+        raise ImageConversionError(
+            f'image data has {data_size} bytes, expected at least step*height = {step}*{height} = {needed}')
+    return channels, row_bytes
+
+
 def image_fields_to_rgb(encoding: str, height: int, width: int, step: int, is_bigendian: int,
                         data) -> np.ndarray:
     """Convert the fields of a sensor_msgs/Image to a contiguous H x W x 3 uint8 RGB array.
@@ -63,20 +85,10 @@ def image_fields_to_rgb(encoding: str, height: int, width: int, step: int, is_bi
     it is accepted and ignored. The result never aliases ``data``.
     """
     del is_bigendian  # 8-bit channels have no byte order
-    channels = _channels_for(encoding)
-    height, width, step = int(height), int(width), int(step)
-    if height <= 0 or width <= 0:
-        raise ImageConversionError(f'image size must be positive, got height={height} width={width}')
-    row_bytes = width * channels
-    if step < row_bytes:
-        raise ImageConversionError(
-            f'step {step} is smaller than width*channels = {width}*{channels} = {row_bytes} '
-            f'for encoding {encoding!r}')
     flat = _as_uint8_buffer(data)
+    channels, row_bytes = check_image_layout(encoding, height, width, step, flat.size)
+    height, width, step = int(height), int(width), int(step)
     needed = step * height
-    if flat.size < needed:
-        raise ImageConversionError(
-            f'image data has {flat.size} bytes, expected at least step*height = {step}*{height} = {needed}')
 
     # Drop row padding, then give the pixels their shape.
     pixels = flat[:needed].reshape(height, step)[:, :row_bytes].reshape(height, width, channels)

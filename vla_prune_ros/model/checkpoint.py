@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .checkpoint_files import (CONFIG_FILE, STATS_FILE, WEIGHTS_FILE, CheckpointError, is_oft_checkpoint,
-                               resolve_device, resolve_dtype)
+                               read_json, resolve_device, resolve_dtype)
 from .configuration_vla import ConfigError, VLAConfig
 from .modeling_vla import VLAModel
 from .oft_checkpoint import load_oft_checkpoint
@@ -39,11 +39,7 @@ def load_config(directory: Path) -> VLAConfig:
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f'{path}: missing')
-    try:
-        with open(path) as handle:
-            data = json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f'{path}: not valid JSON ({error})') from None
+    data = read_json(path)
     try:
         return VLAConfig.from_dict(data)
     except ConfigError as error:

@@ -37,10 +37,12 @@ def read_json(path: Path) -> dict:
     try:
         with open(path) as handle:
             data = json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
+    except UnicodeDecodeError:      # a binary file: the decoder's message would not name the file
+        raise CheckpointError(f'{path}: not valid JSON (binary data, not UTF-8 text)') from None
+    except (OSError, ValueError) as error:
         raise CheckpointError(f'{path}: not valid JSON ({error})') from None
     if not isinstance(data, dict):
-        raise CheckpointError(f'{path}: expected a JSON object')
+        raise CheckpointError(f'{path}: expected a JSON object, got {type(data).__name__ if data is not None else "null"}')
     return data
 
 

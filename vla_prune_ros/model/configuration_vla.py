@@ -26,6 +26,23 @@ def _require(condition: bool, field_name: str, message: str) -> None:
         raise ConfigError(f'{field_name}: {message}')
 
 
+_JSON_NAMES = {dict: 'an object', list: 'a list', tuple: 'a list', str: 'a string', int: 'an integer',
+               float: 'a number', bool: 'true/false', type(None): 'null'}
+
+
+def _require_type(value, types: tuple, field_name: str) -> None:
+    """A config.json field of the wrong JSON type fails here, naming the field, not deep in a constructor."""
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        expected = ' or '.join(dict.fromkeys(_JSON_NAMES.get(t, 'an object') for t in types))
+        raise ConfigError(f'{field_name}: must be {expected}, got {_JSON_NAMES.get(type(value), type(value).__name__)}')
+
+
+def _require_list_of(value, element_types: tuple, field_name: str) -> None:
+    _require_type(value, (list, tuple), field_name)
+    for item in value:
+        _require_type(item, element_types, f'{field_name}[]')
+
+
 @dataclass
 class BackboneConfig:
     """One ViT of the vision backbone. OFT fuses a DINOv2-with-registers and a SigLIP ViT."""
@@ -40,6 +57,13 @@ class BackboneConfig:
     std: tuple[float, ...] = SIGLIP_STD
 
     def __post_init__(self):
+        _require_type(self.type, (str,), 'vision.backbones[].type')
+        for name in ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size',
+                     'num_register_tokens'):
+            _require_type(getattr(self, name), (int,), f'vision.backbones[].{name}')
+        _require_type(self.layerscale_value, (int, float), 'vision.backbones[].layerscale_value')
+        _require_list_of(self.mean, (int, float), 'vision.backbones[].mean')
+        _require_list_of(self.std, (int, float), 'vision.backbones[].std')
         _require(self.type in BACKBONE_TYPES, 'vision.backbones[].type', f'{self.type!r} not in {BACKBONE_TYPES}')
         for name in ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size'):
             _require(isinstance(getattr(self, name), int) and getattr(self, name) > 0,
@@ -64,7 +88,13 @@ class VisionConfig:
     backbones: list[BackboneConfig] = field(default_factory=lambda: [BackboneConfig()])
 
     def __post_init__(self):
-        self.backbones = [b if isinstance(b, BackboneConfig) else BackboneConfig(**b) for b in self.backbones]
+        _require_type(self.image_size, (int,), 'vision.image_size')
+        _require_type(self.patch_size, (int,), 'vision.patch_size')
+        _require_type(self.backbones, (list, tuple), 'vision.backbones')
+        for backbone in self.backbones:
+            _require_type(backbone, (dict, BackboneConfig), 'vision.backbones[]')
+        self.backbones = [b if isinstance(b, BackboneConfig) else _build(BackboneConfig, b, 'vision.backbones[]')
+                          for b in self.backbones]
         _require(len(self.backbones) in (1, 2), 'vision.backbones', 'one ViT, or two fused (DINOv2 + SigLIP)')
         _require(self.patch_size > 0 and self.image_size > 0, 'vision.image_size', 'sizes must be positive')
         _require(self.image_size % self.patch_size == 0, 'vision.image_size',
@@ -91,6 +121,10 @@ class NormStats:
     mask: list[bool] | None = None
 
     def validate(self, name: str, dim: int) -> None:
+        _require_list_of(self.q01, (int, float), f'norm_stats.{name}.q01')
+        _require_list_of(self.q99, (int, float), f'norm_stats.{name}.q99')
+        if self.mask is not None:
+            _require_list_of(self.mask, (bool, int), f'norm_stats.{name}.mask')
         _require(len(self.q01) == dim and len(self.q99) == dim, f'norm_stats.{name}',
                  f'q01/q99 need {dim} values, got {len(self.q01)}/{len(self.q99)}')
         _require(all(math.isfinite(a) and math.isfinite(b) and b >= a for a, b in zip(self.q01, self.q99)),
@@ -125,12 +159,24 @@ class VLAConfig:
     proprio_norm: NormStats | None = None
 
     def __post_init__(self):
+        _require_type(self.vision, (dict, VisionConfig), 'vision')
+        _require_type(self.llm, (dict,), 'llm')
+        _require_list_of(self.camera_names, (str,), 'camera_names')
+        _require_list_of(self.action_names, (str,), 'action_names')
+        _require_type(self.prompt_template, (str,), 'prompt_template')
+        _require_type(self.attn_implementation, (str,), 'attn_implementation')
+        for name in ('proprio_dim', 'action_dim', 'chunk_len', 'head_num_blocks', 'bos_token_id', 'eos_token_id',
+                     'readout_token_id', 'pad_token_id'):
+            _require_type(getattr(self, name), (int,), name)
+        for name in ('causal', 'center_crop'):
+            _require_type(getattr(self, name), (bool,), name)
         if isinstance(self.vision, dict):
-            self.vision = VisionConfig(**self.vision)
+            self.vision = _build(VisionConfig, self.vision, 'vision')
         for name in ('action_norm', 'proprio_norm'):
             value = getattr(self, name)
+            _require_type(value, (dict, NormStats, type(None)), name)
             if isinstance(value, dict):
-                setattr(self, name, NormStats(**value))
+                setattr(self, name, _build(NormStats, value, name))
         _require(len(self.camera_names) >= 1, 'camera_names', 'need at least one camera')
         _require(len(set(self.camera_names)) == len(self.camera_names), 'camera_names', 'must be unique')
         for name in ('action_dim', 'chunk_len', 'head_num_blocks'):
@@ -168,11 +214,20 @@ class VLAConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> 'VLAConfig':
+        if not isinstance(data, dict):
+            raise ConfigError(f'config: must be a JSON object, got {_JSON_NAMES.get(type(data), type(data).__name__)}')
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f'{sorted(unknown)[0]}: unknown config field')
-        try:
-            return cls(**data)
-        except TypeError as error:  # e.g. an unknown key inside vision.backbones
-            raise ConfigError(f'config: {error}') from None
+        return _build(cls, data, 'config')
+
+
+def _build(cls, data: dict, field_name: str):
+    """``cls(**data)``; unknown or missing keys become a ConfigError naming the field."""
+    try:
+        return cls(**data)
+    except ConfigError:
+        raise
+    except TypeError as error:  # e.g. an unknown key inside vision.backbones
+        raise ConfigError(f'{field_name}: {error}') from None

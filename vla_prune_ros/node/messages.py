@@ -14,7 +14,7 @@ from vla_prune_interfaces.action import RunInstruction
 from vla_prune_interfaces.msg import ActionChunk, InferenceStats
 
 Result = RunInstruction.Result
-STATUS_NAMES = {Result.STATUS_SUCCEEDED: 'SUCCEEDED', Result.STATUS_CHUNK_LIMIT: 'CHUNK_LIMIT',
+STATUS_NAMES = {Result.STATUS_UNKNOWN: 'UNKNOWN', Result.STATUS_SUCCEEDED: 'SUCCEEDED', Result.STATUS_CHUNK_LIMIT: 'CHUNK_LIMIT',
                 Result.STATUS_TIMEOUT: 'TIMEOUT', Result.STATUS_CANCELED: 'CANCELED',
                 Result.STATUS_PREEMPTED: 'PREEMPTED', Result.STATUS_FAILED: 'FAILED'}
 
@@ -116,6 +116,9 @@ def diagnostics(node_name: str, checkpoint: str, stamp: TimeMsg, *, latency: flo
         inputs.values.append(KeyValue(key=f'{entry.topic} rate_hz', value=f'{entry.rate_hz:.2f}'))
         if entry.dropped is not None:
             inputs.values.append(KeyValue(key=f'{entry.topic} dropped', value=str(entry.dropped)))
+        if entry.age_at_inference is not None:     # how long the sample the last inference used had waited
+            inputs.values.append(KeyValue(key=f'{entry.topic} age_at_inference_ms',
+                                          value=f'{entry.age_at_inference * 1e3:.3f}'))
         if entry.rate_hz == 0.0:
             silent.append(entry.topic)
     if silent:

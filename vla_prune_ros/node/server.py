@@ -5,9 +5,11 @@ pruning method) and :class:`~vla_prune_ros.control.controller.CoarseFineControll
 from the *measured* end-effector velocity). Inputs live in :mod:`.inputs`, parameters in
 :mod:`.parameters`, message building in :mod:`.messages`.
 
-Threads. The policy runs in the action's execute callback; one goal runs at a time
-(``_execution_lock``), a new goal preempts the running one, and the executor has enough threads
-that a running and a waiting goal cannot starve the sensor callbacks.
+Threads (see :mod:`.goals`). One single-threaded executor serves every ROS callback: sensor
+callbacks only store the newest message, so 500 Hz joint states and several cameras cost little, and
+goal, cancel and result requests are answered at once. The policy runs on one goal-runner thread;
+torch's intra-op threads (``torch_threads``) are the only other busy ones. A new goal preempts the
+running one.
 
 One goal: ``policy.reset()``, ``controller.reset()``, then repeat: take the latest frames and
 joint state, check their age (abort or wait), step the controller with the measured velocity,
@@ -26,61 +28,35 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Optional
+from typing import Optional
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.task import Future
 from trajectory_msgs.msg import JointTrajectory
 from vla_prune_interfaces.action import RunInstruction
 from vla_prune_interfaces.msg import ActionChunk, InferenceStats
 
 from ..control.controller import CoarseFineController
 from ..control.kinematics import EndEffectorVelocity, ProprioBuilder
-from ..parameters import NODE_NAME, ModelInfo, ParameterError, controller_config, method_options, \
-    resolve_urdf, validate
+from ..model.instruction import InstructionLimit
+from ..parameters import NODE_NAME, ModelInfo, ParameterError, controller_config, duplicate_names, \
+    method_options, resolve_urdf, validate
 from . import messages
+from .goals import PREEMPTED, Ending, GoalEnded, GoalRun, GoalRunner, finish
 from .inputs import LatestInputs, Observation, StaleInput
 from .parameters import NodeParameters, StartupError
 
 Result = RunInstruction.Result
-EXECUTOR_THREADS = 8          # sensors + diagnostics + parameter services + a running and a waiting goal
 POLL_PERIOD = 0.005           # s between checks while a chunk is being consumed or input awaited
-PREEMPTED = 'preempted by a newer goal'
-
-
-class Ending(NamedTuple):
-    status: int
-    reason: str
-
-
-class GoalEnded(Exception):
-    """Raised inside a goal's execution when it has to end; carries the Ending."""
-
-    def __init__(self, ending: Ending):
-        super().__init__(ending.reason)
-        self.ending = ending
-
-
-@dataclass
-class GoalRun:
-    """One accepted goal and its running totals. ``lock`` orders its terminal state change against preemption."""
-    handle: Any
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    preempted: bool = False
-    started: float = 0.0           # monotonic, when it began executing
-    chunks: int = 0
-    latencies: list = field(default_factory=list)
-    tokens: list = field(default_factory=list)
-
-    @property
-    def active(self) -> bool:
-        return self.handle.is_active and not self.preempted
+# Goal, cancel and result requests: a burst of 50 goals must not overflow the default depth of 10.
+ACTION_SERVICE_QOS = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def load_policy(values: dict):
@@ -102,7 +78,7 @@ def velocity_estimator(values: dict, urdf: str, logger) -> Optional[EndEffectorV
         return None
     try:
         return EndEffectorVelocity(urdf, values['ee_frame'], values['joint_names'] or None,
-                                   values['velocity_smoothing'])
+                                   values['velocity_smoothing'], values['max_joint_velocity'])
     except (ValueError, KeyError, RuntimeError) as error:
         raise StartupError(f'kinematics: {error}') from None
 
@@ -132,6 +108,8 @@ class VLAPruneNode(Node):
             urdf = resolve_urdf(values)
         except ParameterError as error:
             raise StartupError(f'invalid parameter {error}') from None
+        for name, duplicates in duplicate_names(values).items():
+            self.get_logger().warning(f'{name}: duplicate joint names {duplicates}; only the first copy is used')
         self.controller = CoarseFineController(controller_config(values))
         self._velocity = velocity_estimator(values, urdf, self.get_logger())
         try:
@@ -146,11 +124,15 @@ class VLAPruneNode(Node):
                                f'{self.policy.dtype}: {error}') from None
 
         self.inputs = LatestInputs(self, values['camera_topics'], values['joint_states_topic'], values['success_topic'],
-                                   self._velocity, proprio, wants_proprio=bool(config.proprio_dim))
+                                   self._velocity, proprio, wants_proprio=bool(config.proprio_dim),
+                                   camera_transports=values['camera_transports'],
+                                   future_stamp_tolerance=values['future_stamp_tolerance'])
         self.parameters.watch(model, values['method'], method_options(values))
+        self.parameters.on_change(self._on_parameters_changed)
+        self.instruction_limit = InstructionLimit(self.policy.tokenizer, config, values['max_instruction_tokens'])
 
         self._goal_lock = threading.Lock()         # guards _runs and _current
-        self._execution_lock = threading.Lock()    # held by the one goal that runs
+        self._runner = GoalRunner(self._execute_blocking, self._internal_error)
         self._runs: dict[bytes, GoalRun] = {}
         self._current: Optional[GoalRun] = None
         self._stopping = threading.Event()
@@ -162,13 +144,16 @@ class VLAPruneNode(Node):
         self._stats_pub = self.create_publisher(InferenceStats, 'inference_stats', 10)
         self._trajectory_pub = self.create_publisher(JointTrajectory, values['joint_trajectory_topic'], 10)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(1.0, self._publish_diagnostics)
 
-        # Last: the action server, so no goal arrives before the model is ready.
+        # Last: the action server, so no goal arrives before the model is ready. One mutually exclusive
+        # group: goals are taken strictly in arrival order, so the survivor of a burst is the last one sent.
         self._action_server = ActionServer(
             self, RunInstruction, 'run_instruction', execute_callback=self._execute,
             goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
-            cancel_callback=lambda handle: CancelResponse.ACCEPT, callback_group=ReentrantCallbackGroup())
+            cancel_callback=lambda handle: CancelResponse.ACCEPT, callback_group=MutuallyExclusiveCallbackGroup(),
+            goal_service_qos_profile=ACTION_SERVICE_QOS, result_service_qos_profile=ACTION_SERVICE_QOS,
+            cancel_service_qos_profile=ACTION_SERVICE_QOS)
         self.get_logger().info(
             f"ready: method {self.policy.method.name}, {config.num_cameras} cameras {values['camera_topics']}, "
             f"chunk {config.chunk_len} x {config.action_dim}, device {self.policy.device}, dtype {self.policy.dtype}")
@@ -182,7 +167,17 @@ class VLAPruneNode(Node):
         if self._stopping.is_set():
             self.get_logger().warning('rejected goal: node shutting down')
             return GoalResponse.REJECT
+        too_long = self.instruction_limit.check(goal.instruction)
+        if too_long:
+            self.get_logger().warning(f'rejected goal: {too_long}')
+            return GoalResponse.REJECT
         return GoalResponse.ACCEPT
+
+    def _on_parameters_changed(self, values: dict) -> None:
+        self.instruction_limit.set_limit(values['max_instruction_tokens'])
+        self.inputs.freshness.future_tolerance = values['future_stamp_tolerance']
+        if self._velocity is not None:
+            self._velocity.max_joint_velocity = values['max_joint_velocity']
 
     def _on_accepted(self, handle) -> None:
         # Under one lock, so the goal being replaced has always been moved to EXECUTING by its own
@@ -202,26 +197,29 @@ class VLAPruneNode(Node):
                         self.get_logger().info('goal preempted by a newer goal')
             handle.execute()
 
-    def _execute(self, handle):
+    async def _execute(self, handle):
+        """Executor side: hand the goal to the runner thread and wait (without blocking) for its result."""
         run = self._runs.get(bytes(handle.goal_id.uuid)) or GoalRun(handle)
-        # One goal at a time: wait for the previous one to notice its preemption and stop.
-        while not self._execution_lock.acquire(timeout=0.05):
-            if not run.active:
-                return self._finish(run, Ending(Result.STATUS_PREEMPTED, PREEMPTED))
+        finished = Future(executor=self.executor)
+        self._runner.submit(run, finished.set_result)
+        return await finished
+
+    def _execute_blocking(self, run: GoalRun):
+        """Runner thread: run one goal to its end and return its result."""
         try:
             if not run.active:
                 return self._finish(run, Ending(Result.STATUS_PREEMPTED, PREEMPTED))
             return self._run_goal(run)
-        except Exception as error:  # noqa: BLE001 - a goal must end with a reason, never kill the node
-            if self._stopping.is_set() or not self.context.ok():    # Ctrl-C: the context is already gone
-                return Result(status=Result.STATUS_FAILED, reason='node shutting down')
-            reason = f'internal error: {type(error).__name__}: {error}'
-            self.get_logger().error(reason)
-            return self._finish(run, Ending(Result.STATUS_FAILED, reason))
         finally:
-            self._execution_lock.release()
             with self._goal_lock:
-                self._runs.pop(bytes(handle.goal_id.uuid), None)
+                self._runs.pop(bytes(run.handle.goal_id.uuid), None)
+
+    def _internal_error(self, run: GoalRun, error: Exception):
+        if self._stopping.is_set() or not self.context.ok():    # Ctrl-C: the context is already gone
+            return Result(status=Result.STATUS_FAILED, reason='node shutting down')
+        reason = f'internal error: {type(error).__name__}: {error}'
+        self.get_logger().error(reason)
+        return self._finish(run, Ending(Result.STATUS_FAILED, reason))
 
     def _ending(self, run: GoalRun) -> Optional[Ending]:
         goal = run.handle.request
@@ -274,8 +272,7 @@ class VLAPruneNode(Node):
                 run.latencies.append(record.timings.get('total', math.nan))
                 run.tokens.append(record.tokens_kept)
                 self._last_latency = run.latencies[-1]
-                self._overheads.append(observation.conversion_s + (published - observation.picked_up)
-                                       - record.timings.get('total', 0.0))
+                self._overheads.append((published - observation.picked_up) - record.timings.get('total', 0.0))
                 run.chunks += 1
                 last_velocity_stamp = self._consume(run, published, last_velocity_stamp)
         except GoalEnded as ended:
@@ -364,28 +361,7 @@ class VLAPruneNode(Node):
         return published
 
     def _finish(self, run: GoalRun, ending: Ending):
-        """Set the goal's terminal state (unless preemption already did) and build its result."""
-        status, reason = ending
-        with run.lock:
-            if run.active:
-                try:
-                    if status in (Result.STATUS_SUCCEEDED, Result.STATUS_CHUNK_LIMIT):
-                        run.handle.succeed()
-                    elif status == Result.STATUS_CANCELED and run.handle.is_cancel_requested:
-                        run.handle.canceled()
-                    else:
-                        run.handle.abort()
-                except Exception as error:  # noqa: BLE001 - e.g. the context shut down by Ctrl-C
-                    if self.context.ok():
-                        self.get_logger().warning(f'could not set the goal state: {error}')
-            elif run.preempted:
-                status, reason = Result.STATUS_PREEMPTED, PREEMPTED
-        message = f'goal ended {messages.STATUS_NAMES[status]}: {reason} ({run.chunks} chunks)'
-        if status == Result.STATUS_FAILED:     # one severity per call site: rclpy's rule
-            self.get_logger().warning(message)
-        else:
-            self.get_logger().info(message)
-        return messages.result(status, reason, run.chunks, run.latencies, run.tokens)
+        return finish(run, ending, self.get_logger(), self.context.ok)
 
     # --- diagnostics and shutdown -------------------------------------------------------------------
 
@@ -403,8 +379,7 @@ class VLAPruneNode(Node):
     def shutdown(self) -> None:
         """Stop the running goal (it ends FAILED: node shutting down) and release the action server."""
         self._stopping.set()
-        if self._execution_lock.acquire(timeout=5.0):
-            self._execution_lock.release()
+        self._runner.stop(timeout=5.0)
         self._action_server.destroy()
 
 
@@ -420,7 +395,9 @@ def main(args=None) -> int:
         rclpy.logging.get_logger(NODE_NAME).error(str(error))
         rclpy.try_shutdown()
         return 1
-    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+    # Measured (benchmarks/intake.md): rclpy's MultiThreadedExecutor starves at 500 Hz joint states and the
+    # events executor hangs on the action server's coroutine here; the single-threaded one keeps up.
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         executor.spin()

@@ -19,6 +19,11 @@ from .spec import ParameterError, check_value
 from .table import METHOD_NAMES, NODE_NAME, PARAMETERS, defaults
 
 
+# Options that hold one value per model camera (in camera order); their length must be the camera count.
+PER_CAMERA_PARAMETERS = ('specprune.topk_coarse', 'specprune.topk_fine')
+JOINT_NAME_PARAMETERS = ('joint_names', 'proprio_joint_names')
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What the loaded model fixes; sizes of some parameters must agree with it."""
@@ -93,6 +98,11 @@ def validate(values: Mapping[str, Any], model: Optional[ModelInfo] = None) -> No
             if not lo < hi:
                 raise ParameterError(f'action_low[{index}]={lo} must be < action_high[{index}]={hi}')
 
+    transports = list(full['camera_transports'])
+    if transports and len(transports) != len(full['camera_topics']):
+        raise ParameterError(f'camera_transports: {len(transports)} entries for {len(full["camera_topics"])} '
+                             f'camera_topics; give one per camera (or none: all raw)')
+
     if full['proprio_source'] == 'joint_positions' and not full['proprio_joint_names']:
         raise ParameterError("proprio_joint_names: must name joints when proprio_source is 'joint_positions'")
 
@@ -109,11 +119,26 @@ def validate(values: Mapping[str, Any], model: Optional[ModelInfo] = None) -> No
         if len(full['camera_topics']) != model.num_cameras:
             raise ParameterError(f"camera_topics: {len(full['camera_topics'])} topics, the model needs "
                                  f'{model.num_cameras} ({list(model.camera_names)})')
+        for name in PER_CAMERA_PARAMETERS:
+            if name in full and len(full[name]) != model.num_cameras:
+                raise ParameterError(f'{name}: {len(full[name])} values, the model has {model.num_cameras} cameras '
+                                     f'{list(model.camera_names)}; give one value per camera')
         expected = proprio_length(full)
         if model.proprio_dim and expected is not None and expected != model.proprio_dim:
             raise ParameterError(f"proprio_source: '{full['proprio_source']}' with proprio_joint_names "
                                  f"{list(full['proprio_joint_names'])} gives {expected} values, the model "
                                  f'needs {model.proprio_dim}')
+
+
+def duplicate_names(values: Mapping[str, Any]) -> dict[str, list[str]]:
+    """{parameter: names listed more than once} for the joint-name lists (the node warns about them)."""
+    found = {}
+    for name in JOINT_NAME_PARAMETERS:
+        names = list(values.get(name) or [])
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            found[name] = duplicates
+    return found
 
 
 def proprio_length(values: Mapping[str, Any]) -> Optional[int]:
