@@ -542,11 +542,12 @@ def eager_reference(model):
     return reference
 
 
+@pytest.mark.parametrize('attn', ['sdpa', 'eager'])
 @pytest.mark.parametrize('causal', [False, True])
-def test_attention_rows_match_eager_llama_attention_weights(causal):
+def test_attention_rows_match_eager_llama_attention_weights(causal, attn):
     """The rows SpecPrune ranks by: every row after the patches to every token, mean over heads;
-    with a causal model each row sees only the keys up to itself (S9)."""
-    model, tokenizer = tiny_model_and_tokenizer(llm=dict(num_hidden_layers=3))
+    with a causal model each row sees only the keys up to itself (S9). Both layer paths."""
+    model, tokenizer = tiny_model_and_tokenizer(llm=dict(num_hidden_layers=3), attn_implementation=attn)
     model.config.causal = causal
     pixels, proprio, ids = example_inputs(model, tokenizer, INSTRUCTIONS[1])
     layout = model.layout(ids.shape[1] - 1)

@@ -62,9 +62,11 @@ class StageClock:
         return self._seconds
 
 
-def lean_decoder_layer(layer, hidden: torch.Tensor, cos_sin, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+def lean_decoder_layer(layer, hidden: torch.Tensor, cos_sin, mask: torch.Tensor | None, causal: bool,
+                       keep_qk: dict | None = None) -> torch.Tensor:
     """``LlamaDecoderLayer.forward`` with sdpa, the same ops in the same order (bit-identical), without
-    transformers' per-call dispatch: at a few hundred tokens per-op overhead is much of a layer's time."""
+    transformers' per-call dispatch: at a few hundred tokens per-op overhead is much of a layer's time.
+    With ``keep_qk`` the rotated (B, heads, L, d) queries and keys are left in it for attention rows."""
     attn, mlp = layer.self_attn, layer.mlp
     batch, length, _ = hidden.shape
     head_dim = attn.head_dim
@@ -78,6 +80,8 @@ def lean_decoder_layer(layer, hidden: torch.Tensor, cos_sin, mask: torch.Tensor 
     if attn.num_key_value_groups > 1:
         k = k.repeat_interleave(attn.num_key_value_groups, dim=1)
         v = v.repeat_interleave(attn.num_key_value_groups, dim=1)
+    if keep_qk is not None:
+        keep_qk.update(q=q, k=k)
     dropout = attn.attention_dropout if attn.training else 0.0
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                                            is_causal=causal and mask is None, scale=attn.scaling)
@@ -86,36 +90,40 @@ def lean_decoder_layer(layer, hidden: torch.Tensor, cos_sin, mask: torch.Tensor 
     return hidden + mlp.down_proj(mlp.act_fn(mlp.gate_proj(normed)) * mlp.up_proj(normed))
 
 
-def tail_attention(layer: torch.nn.Module, q: torch.Tensor, k: torch.Tensor,
-                   cos_sin: tuple[torch.Tensor, torch.Tensor], tail: int, key_padding: torch.Tensor | None,
+def rows_attention(q_tail: torch.Tensor, k: torch.Tensor, scaling: float, key_padding: torch.Tensor | None,
                    causal: bool) -> torch.Tensor:
-    """Head-averaged attention probabilities of the last ``tail`` rows to every current token: (B, tail, L).
-
-    Only these rows are computed, from the q/k the layer produced and the RoPE tables it used,
-    with the layer's own masking: padding keys are masked, and with ``causal`` each row sees
-    only the keys up to itself.
-    """
-    attn = layer.self_attn
-    head_dim = attn.head_dim
-    batch, length = k.shape[0], k.shape[1]
-    cos, sin = cos_sin                                                          # (B, L, head_dim)
-    q = q[:, length - tail:].view(batch, tail, -1, head_dim).transpose(1, 2)    # (B, heads, tail, d)
-    k = k.view(batch, length, -1, head_dim).transpose(1, 2)                     # (B, kv_heads, L, d)
-    q = q * cos[:, None, length - tail:] + rotate_half(q) * sin[:, None, length - tail:]
-    k = k * cos[:, None] + rotate_half(k) * sin[:, None]
-    k = k.repeat_interleave(attn.num_key_value_groups, dim=1)
-    scores = torch.matmul(q, k.transpose(2, 3)).float() * attn.scaling           # (B, heads, tail, L)
+    """Head-averaged attention probabilities of the last rows, from their rotated (B, heads, tail, d)
+    queries and all rotated (B, heads, L, d) keys: (B, tail, L). Padding keys are masked; with
+    ``causal`` each row sees only the keys up to itself."""
+    tail, length = q_tail.shape[2], k.shape[2]
+    q = q_tail
+    scores = torch.matmul(q, k.transpose(2, 3)).float() * scaling                  # (B, heads, tail, L)
     blocked = None
     if causal:
         rows = torch.arange(length - tail, length, device=q.device)
-        blocked = torch.arange(length, device=q.device)[None, :] > rows[:, None]    # (tail, L)
-        blocked = blocked[None, None]
+        blocked = (torch.arange(length, device=q.device)[None, :] > rows[:, None])[None, None]
     if key_padding is not None:
         padded = key_padding[:, None, None, :]
         blocked = padded if blocked is None else blocked | padded
     if blocked is not None:
         scores = scores.masked_fill(blocked, float('-inf'))
     return scores.softmax(dim=-1).mean(dim=1)
+
+
+def tail_attention(layer: torch.nn.Module, q: torch.Tensor, k: torch.Tensor,
+                   cos_sin: tuple[torch.Tensor, torch.Tensor], tail: int, key_padding: torch.Tensor | None,
+                   causal: bool) -> torch.Tensor:
+    """``rows_attention`` from a layer's projected (unrotated) q/k, as its hooks saw them (eager path)."""
+    attn = layer.self_attn
+    head_dim = attn.head_dim
+    batch, length = k.shape[0], k.shape[1]
+    cos, sin = cos_sin[0].unsqueeze(1), cos_sin[1].unsqueeze(1)                 # (B, 1, L, head_dim)
+    q = q.view(batch, length, -1, head_dim).transpose(1, 2)[:, :, length - tail:]
+    k = k.view(batch, length, -1, head_dim).transpose(1, 2)
+    q = q * cos[:, :, length - tail:] + rotate_half(q) * sin[:, :, length - tail:]
+    k = k * cos + rotate_half(k) * sin
+    k = k.repeat_interleave(attn.num_key_value_groups, dim=1)
+    return rows_attention(q, k, attn.scaling, key_padding, causal)
 
 
 def gather_kept(result, hidden, positions, key_padding, layout):
@@ -182,20 +190,25 @@ def run_pruned_llm(model, embeddings: torch.Tensor, layout, pruner=None, step=No
             cos_sin = llm.rotary_emb(hidden, position_ids=rope_base[:, positions])
             mask = model.attention_mask(key_padding, hidden.shape[1], hidden.dtype, hidden.device)
         captured, handles = {}, []
-        if index in attention_layers:
-            attn = layer.self_attn
-            handles = [attn.q_proj.register_forward_hook(lambda m, i, o: captured.__setitem__('q', o)),
-                       attn.k_proj.register_forward_hook(lambda m, i, o: captured.__setitem__('k', o))]
+        wants_attention = index in attention_layers
         if lean:
-            hidden = lean_decoder_layer(layer, hidden, cos_sin, mask, causal)
+            hidden = lean_decoder_layer(layer, hidden, cos_sin, mask, causal, captured if wants_attention else None)
         else:
+            if wants_attention:
+                attn = layer.self_attn
+                handles = [attn.q_proj.register_forward_hook(lambda m, i, o: captured.__setitem__('q', o)),
+                           attn.k_proj.register_forward_hook(lambda m, i, o: captured.__setitem__('k', o))]
             hidden = layer(hidden, attention_mask=mask, position_embeddings=cos_sin, is_causal=causal and mask is None)
-        for handle in handles:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         if pruner is not None and index + 1 < len(llm.layers):
             clock.start()
             attention = None
-            if captured:
+            if captured and lean:
+                q = captured['q']
+                attention = rows_attention(q[:, :, q.shape[2] - tail:], captured['k'], layer.self_attn.scaling,
+                                           key_padding, causal)
+            elif captured:
                 attention = tail_attention(layer, captured['q'], captured['k'], cos_sin, tail, key_padding, causal)
             result = pruner.after_layer(index, hidden, positions, layout, step, attention)
             if result is not None and (result.keep is not None or result.keep_visual is not None):
