@@ -34,8 +34,9 @@ from .data.demonstrations import action_chunk, dataset_statistics, load_episodes
 from .model.checkpoint import load_checkpoint, save_checkpoint
 from .model.configuration_vla import OFT_PROMPT, BackboneConfig, NormStats, VisionConfig, VLAConfig
 from .model.modeling_vla import VLAModel
-from .model.processing import (normalize_actions, normalize_proprio, pad_prompts, pixel_values, prepare_image,
-                               prompt_ids, random_crop)
+from .auxiliary import PRIVILEGED_SCALE, PointingHead, TargetHead, target_patch, target_points
+from .model.processing import (CROP_AREA, center_crop_box, crop_and_resize, normalize_actions, normalize_proprio,
+                               pad_prompts, pixel_values, prepare_image, prompt_ids, to_uint8, to_unit_float)
 from .model.tokenizer import READOUT_ID, build_word_tokenizer, prompt_words
 from .pruning import create_method
 
@@ -56,15 +57,22 @@ def sim_small_config(vocab_size: int, stats: dict, camera_names: list[str], acti
 
 
 class Batches:
-    """Random (observation, chunk) samples from demonstrations, with random-crop augmentation."""
+    """Random (observation, chunk) samples from demonstrations, with random-crop augmentation.
 
-    def __init__(self, episodes, config: VLAConfig, tokenizer, seed: int, augment: bool = True):
+    With ``camera_geometry`` (a demonstration meta's, see ``sim.cameras``) and privileged targets,
+    each sample also carries the patch each pointing target falls in, per camera, after its crop.
+    """
+
+    def __init__(self, episodes, config: VLAConfig, tokenizer, seed: int, augment: bool = True,
+                 camera_geometry: dict | None = None):
         self.config, self.augment = config, augment
+        self.camera_geometry = camera_geometry
         self.rng = np.random.default_rng(seed)
         size = config.vision.image_size
         # Frames resized once to the model's resolution; cropping happens per sample.
         self.frames = [[np.stack([prepare_image(f, size, center_crop=False) for f in e.frames[name]])
                         for name in config.camera_names] for e in episodes]
+        self.raw_proprio = [e.proprio for e in episodes]
         self.proprio = [normalize_proprio(e.proprio, config).astype(np.float32) for e in episodes]
         self.targets = [normalize_actions(e.actions, config).astype(np.float32) for e in episodes]
         self.prompts = [prompt_ids(tokenizer, e.instruction, config) for e in episodes]
@@ -77,15 +85,18 @@ class Batches:
     def sample(self, batch_size: int, device) -> dict[str, torch.Tensor]:
         config, size = self.config, self.config.vision.image_size
         picks = self.rng.integers(0, len(self.index), size=batch_size)
-        pixels, proprio, targets, prompts, privileged = [], [], [], [], []
+        pixels, proprio, targets, prompts, privileged, pointing = [], [], [], [], [], []
+        pointing_on = self.camera_geometry is not None and self.privileged is not None
         for pick in picks:
             episode, t = self.index[pick]
-            frames = []
+            frames, boxes = [], []
             for camera_frames in self.frames[episode]:
-                frame = camera_frames[t]
-                frames.append(random_crop(frame, size, self.rng) if self.augment
-                              else prepare_image(frame, size, config.center_crop))
+                box = self._crop_box()
+                boxes.append(box)
+                frames.append(to_uint8(crop_and_resize(to_unit_float(camera_frames[t]), box, size)))
             pixels.append(pixel_values(frames, config)[0])
+            if pointing_on:
+                pointing.append(self._target_patches(episode, t, boxes))
             proprio.append(self.proprio[episode][t])
             targets.append(action_chunk(self.targets[episode], t, config.chunk_len))
             prompts.append(self.prompts[episode])
@@ -97,28 +108,32 @@ class Batches:
                  'targets': torch.tensor(np.stack(targets)).to(device)}
         if privileged:
             batch['privileged'] = torch.tensor(np.stack(privileged) / PRIVILEGED_SCALE).to(device)
+        if pointing:
+            batch['target_patches'] = torch.tensor(np.stack(pointing), dtype=torch.long).to(device)
         return batch
+
+    def _crop_box(self) -> tuple[float, float, float, float]:
+        """A 90 %-area square: at a random offset when augmenting, else the inference center crop."""
+        if not self.augment:
+            return center_crop_box() if self.config.center_crop else (0.0, 0.0, 1.0, 1.0)
+        side = math.sqrt(CROP_AREA)
+        y1, x1 = self.rng.uniform(0.0, 1.0 - side, size=2)
+        return (y1, x1, y1 + side, x1 + side)
+
+    def _target_patches(self, episode: int, t: int, boxes) -> np.ndarray:
+        from .sim.cameras import project
+        raw = self.raw_proprio[episode][t]
+        points = target_points(self.privileged[episode][t], raw[:3])
+        grid = self.config.vision.image_size // self.config.vision.patch_size
+        return np.array([[target_patch(project(self.camera_geometry[name], point, raw[:3], raw[3:6])
+                                       if point is not None else None, box, grid) for point in points]
+                         for name, box in zip(self.config.camera_names, boxes)])
 
     def rng_state(self) -> dict:
         return self.rng.bit_generator.state
 
     def set_rng_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state
-
-
-PRIVILEGED_SCALE = 0.1   # metres -> auxiliary target units (targets lie within about +-3)
-
-
-class AuxiliaryHead(torch.nn.Module):
-    """Training only: privileged targets from the mean read-out hidden state."""
-
-    def __init__(self, hidden_size: int, outputs: int):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.LayerNorm(hidden_size), torch.nn.Linear(hidden_size, 256),
-                                       torch.nn.GELU(), torch.nn.Linear(256, outputs))
-
-    def forward(self, readout: torch.Tensor) -> torch.Tensor:
-        return self.net(readout.float().mean(dim=1))
 
 
 def apply_lora(model: VLAModel, rank: int):
@@ -173,12 +188,16 @@ def train(args: argparse.Namespace) -> Path:
         pruner.train(True)
     if args.lora_rank:
         model = apply_lora(model, args.lora_rank)
-    batches = Batches(episodes, model.config, tokenizer, seed=args.seed + accelerator.process_index)
+    geometry = meta.get('camera_geometry') if args.pointing_weight > 0 else None
+    batches = Batches(episodes, model.config, tokenizer, seed=args.seed + accelerator.process_index,
+                      camera_geometry=geometry)
     auxiliary = None
-    if args.aux_weight > 0:
-        if batches.privileged is None:
-            raise SystemExit(f'{args.data}: --aux-weight needs demonstrations with privileged targets')
-        auxiliary = AuxiliaryHead(model.hidden_size, batches.privileged[0].shape[1])
+    if args.aux_weight > 0 or args.pointing_weight > 0:
+        if batches.privileged is None or (args.pointing_weight > 0 and geometry is None):
+            raise SystemExit(f'{args.data}: the auxiliary losses need demonstrations with privileged targets '
+                             '(and, for pointing, camera_geometry in meta.json)')
+        auxiliary = torch.nn.ModuleDict({'target': TargetHead(model.hidden_size, batches.privileged[0].shape[1]),
+                                         'pointing': PointingHead(model.hidden_size)})
     parameters = [p for p in model.parameters() if p.requires_grad]
     extra = None
     if pruner is not None and pruner.name == 'lightvla_star':
@@ -194,6 +213,9 @@ def train(args: argparse.Namespace) -> Path:
     else:
         model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)
+    final_hidden = {}
+    if args.pointing_weight > 0:    # the normed hidden states of every token, for the pointing loss
+        core.llm.norm.register_forward_hook(lambda module, inputs, output: final_hidden.__setitem__('h', output))
     ema = AveragedModel(core, multi_avg_fn=get_ema_multi_avg_fn(args.ema)) if args.ema > 0 else None
     resume_path = out / 'resume.pt'
     first_step, losses, wall_before = 0, [], 0.0
@@ -247,8 +269,14 @@ def train(args: argparse.Namespace) -> Path:
             loss = torch.nn.functional.l1_loss(predicted.float(), batch['targets'])
             total = loss
             if auxiliary is not None:
-                aux = torch.nn.functional.l1_loss(auxiliary(readout).float(), batch['privileged'])
-                total = loss + args.aux_weight * aux
+                heads = accelerator.unwrap_model(auxiliary)
+                aux = args.aux_weight * torch.nn.functional.l1_loss(heads['target'](readout).float(),
+                                                                    batch['privileged'])
+                if args.pointing_weight > 0:
+                    layout = core.layout(batch['ids'].shape[1] - 1)
+                    patches = final_hidden['h'][:, layout.patch_start:layout.patch_end]
+                    aux = aux + args.pointing_weight * heads['pointing'].loss(patches, batch['target_patches'])
+                total = loss + aux
                 aux_loss = aux.item()
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(total)

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.demonstrations import PRIVILEGED_NAMES, write_episode, write_meta
+from .cameras import camera_geometry
 from .env import ACTION_NAMES, TabletopEnv
 from .expert import ScriptedExpert
 from .scene import CAMERA_NAMES
@@ -62,16 +63,17 @@ def collect(out: Path, episodes: int, seed: int = 0, tasks: tuple[str, ...] = TA
             noise_std: float = 0.0, control_dt: float = 0.1, perturb_std: float = 0.0,
             policy_checkpoint: str | None = None, takeover_fraction: float = 0.6) -> dict:
     out = Path(out)
+    env = TabletopEnv(image_size=image_size, control_dt=control_dt, seed=seed)
     write_meta(out, {'camera_names': list(CAMERA_NAMES), 'action_names': list(ACTION_NAMES),
                      'control_dt': control_dt, 'image_size': image_size, 'proprio_dim': 8,
                      'action_dim': len(ACTION_NAMES), 'source': 'vla_prune_ros.sim scripted expert',
                      'tasks': list(tasks), 'seed': seed, 'perturb_std': perturb_std,
-                     'privileged_names': list(PRIVILEGED_NAMES), 'policy': policy_checkpoint})
+                     'privileged_names': list(PRIVILEGED_NAMES), 'policy': policy_checkpoint,
+                     'camera_geometry': camera_geometry(env)})
     policy = None
     if policy_checkpoint:
         from ..policy import VLAPolicy
         policy = VLAPolicy.from_checkpoint(policy_checkpoint, device='cpu', method='none')
-    env = TabletopEnv(image_size=image_size, control_dt=control_dt, seed=seed)
     expert = ScriptedExpert(env, noise_std=noise_std, seed=seed)
     successes = 0
     try:
