@@ -15,6 +15,7 @@ random (not trained) queries, labelled ``lightvla_star@random-queries``.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -114,6 +115,7 @@ def method_specs(methods: list[str], paper_points: bool, config: VLAConfig, prom
 def run(args: argparse.Namespace) -> dict:
     from .control.controller import CoarseFineController
     from .evaluation import sim_controller_config
+    load_before = os.getloadavg()
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -157,6 +159,7 @@ def run(args: argparse.Namespace) -> dict:
         else None, 'vision_flops_share': vision_share(config, samples),
         'llm_layers': config.llm['num_hidden_layers'], 'fine_inferences': modes[args.warmup:].count('fine'),
         'inferences': len(modes[args.warmup:]),
+        'load_average_1min_before_after': [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         'mode_source': 'CoarseFineController on the measured TCP twist of every control step (config/sim_robot.yaml)',
         'machine': f'{platform.machine()} {platform.processor() or ""}'.strip(), 'torch': torch.__version__,
         'date': time.strftime('%Y-%m-%d')}
