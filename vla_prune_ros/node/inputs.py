@@ -158,7 +158,8 @@ class LatestInputs:
         self.freshness = Freshness(node, future_stamp_tolerance)
         # Written by the executor thread, read by the execute thread: single assignments, no lock needed.
         self._latest: list[Optional[Arrival]] = [None] * len(self._topics)
-        self._joint_layouts: dict[tuple, Arrival] = {}        # name list -> newest message with it
+        # name list -> newest message with it; readers iterate a copy (dict.copy is atomic under the GIL)
+        self._joint_layouts: dict[tuple, Arrival] = {}
         self._success_at = -math.inf      # monotonic time of the last True on success_topic
         self._rates = {topic: RateMeter() for topic in self._topics + [joint_states_topic]}
         self._dropped = {topic: 0 for topic in self._topics}
@@ -240,7 +241,7 @@ class LatestInputs:
     def _joint_positions(self, now_ns: int, max_age: float) -> dict[str, float]:
         """Positions of the joints the proprio needs, merged over the stored layouts (newest wins)."""
         merged: dict[str, tuple[float, int, int]] = {}
-        for arrival in sorted(self._joint_layouts.values(), key=lambda a: a.received_ns):
+        for arrival in sorted(self._joint_layouts.copy().values(), key=lambda a: a.received_ns):
             msg = arrival.msg
             if len(msg.position) != len(msg.name):
                 self.freshness.warn_throttled('joint positions', f'{self._joint_name}: {len(msg.name)} names but '
@@ -267,7 +268,7 @@ class LatestInputs:
     def _velocity_source(self) -> Optional[Arrival]:
         """The newest joint message that covers the estimator's joints, among the layouts still arriving
         (else the newest of all, which then says why the velocity is unknown)."""
-        arrivals = sorted(self._joint_layouts.values(), key=lambda a: a.received_ns, reverse=True)
+        arrivals = sorted(self._joint_layouts.copy().values(), key=lambda a: a.received_ns, reverse=True)
         if not arrivals:
             return None
         wanted, newest = set(self._velocity.joint_names), arrivals[0].received_ns
@@ -327,7 +328,7 @@ class LatestInputs:
             frames.append(frame)
             conversion += spent
         positions = self._joint_positions(now, max_age)
-        newest_joint = max((a.received_ns for a in self._joint_layouts.values()), default=None)
+        newest_joint = max((a.received_ns for a in self._joint_layouts.copy().values()), default=None)
         self._ages = {name: (now - frame.received_ns) * 1e-9 for name, frame in zip(self._names, frames)}
         if newest_joint is not None:
             self._ages[self._joint_name] = (now - newest_joint) * 1e-9
