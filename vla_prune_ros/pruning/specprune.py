@@ -42,6 +42,10 @@ Deviations from the released code, each on purpose:
   coarse invert it in static scenes): fine uses ``min(static_cap_fine, static_cap_coarse)`` and
   ``max(topk_fine, topk_coarse)`` per view, so every count is at least coarse's at every layer.
 * **Dynamic pruning** (code: off by default; paper: on) is on by default here and a parameter.
+* **The template skip is derived, not fixed**: the instruction rows start after as many prompt
+  tokens as the template "In: What action should the robot take to" tokenises to
+  (``processing.template_tokens``; the released code skips a fixed 10, tied to its tokenizer and
+  layout). They end at the readout token, so the "?\nOut:" suffix is included.
 * One observation per call: the frame history is one robot's, so batches are refused.
 * ``forced_static_visual`` forces the static stage to keep exactly that many visual tokens (the
   papers' operating point, for the benchmark): protected first, then attention, changed on ties.
