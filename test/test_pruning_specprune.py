@@ -644,3 +644,15 @@ def test_policy_prunes_static_patches_and_reset_starts_a_new_episode():
     assert second.record.layer_tokens == [non_visual + 32, non_visual + 3, non_visual + 3]
     policy.reset()
     assert policy.infer(moved, proprio, INSTRUCTIONS[0]).record.visual_tokens_kept == 32
+
+
+def test_template_tokens_are_derived_from_the_tokenised_template():
+    """S1: the instruction rows start right after the template's own tokens, whatever the tokenizer."""
+    from vla_prune_ros.model.processing import prompt_ids, template_tokens
+    model, tokenizer = tiny_model_and_tokenizer()
+    for instruction in INSTRUCTIONS:
+        ids = prompt_ids(tokenizer, instruction, model.config)
+        count = template_tokens(tokenizer, instruction, model.config)
+        assert tokenizer.convert_ids_to_tokens(ids[:count]) == ['in', ':', 'what', 'action', 'should', 'the',
+                                                                 'robot', 'take', 'to']
+        assert tokenizer.convert_ids_to_tokens(ids[count:count + 1]) == [instruction.split()[0]]
