@@ -32,7 +32,9 @@ Deviations from the released code, each on purpose:
   to 95th percentile 0.02-0.16 m/s) so that Δ spans 5..1 over that range. For another robot:
   ``scale = 4.8 / (v95 - v05)``, ``offset = 4.8 - scale · v05``.
   Without a ring (a caller that never calls ``observe_frames``) the previous inference's frames
-  are the comparison; with fewer frames than Δ, the oldest held.
+  are the comparison; with fewer frames than Δ, the oldest held. With no earlier frame at all (an
+  episode's first inference) nothing counts as static; the code then compares the frame with
+  itself, which marks every patch static up to the cap.
 * **Fixed-size cuts, no device syncs.** Every cut keeps a count known on the host: per view
   ``|changed ∪ history| + 3k`` after layer 0 and ``|changed ∪ history| + 2k`` after layer 1 (capped
   at the view). Where the attention top-k overlaps the protected set the code keeps fewer tokens;
