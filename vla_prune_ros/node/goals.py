@@ -108,3 +108,13 @@ def finish(run: GoalRun, ending: Ending, logger, context_ok: Callable[[], bool])
     else:
         logger.info(message)
     return messages.result(status, reason, run.chunks, run.latencies, run.tokens)
+
+
+def republish_status(action_server, logger) -> None:
+    """Publish the goal status array again (the node does after every chunk). After a burst the last
+    status message may reach a client before it has registered its newest goal handle, and preempted goals
+    that end later change no state: without this the client would see the running goal UNKNOWN until it ends."""
+    try:
+        action_server._handle.publish_status()     # rclpy has no public call for this
+    except Exception as error:  # noqa: BLE001 - a missed status update must never end a goal
+        logger.debug(f'could not republish the goal status: {error}')

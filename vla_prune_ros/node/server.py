@@ -49,7 +49,7 @@ from ..model.instruction import InstructionLimit
 from ..parameters import NODE_NAME, ModelInfo, ParameterError, controller_config, duplicate_names, \
     method_options, resolve_urdf, validate
 from . import messages
-from .goals import PREEMPTED, Ending, GoalEnded, GoalRun, GoalRunner, finish
+from .goals import PREEMPTED, Ending, GoalEnded, GoalRun, GoalRunner, finish, republish_status
 from .inputs import LatestInputs, Observation, StaleInput
 from .parameters import NodeParameters, StartupError
 
@@ -358,6 +358,7 @@ class VLAPruneNode(Node):
             self._trajectory_pub.publish(messages.joint_trajectory(actions, names, control_dt, stamp, frame_id))
         self._stats_pub.publish(messages.inference_stats(record, decision, stamp, frame_id))
         run.handle.publish_feedback(messages.feedback(record, decision, run.chunks + 1))
+        republish_status(self._action_server, self.get_logger())     # see goals.republish_status
         return published
 
     def _finish(self, run: GoalRun, ending: Ending):
