@@ -183,7 +183,10 @@ def train(args: argparse.Namespace) -> Path:
                                   args.image_size)
         model = VLAModel(config)
     model.train()
-    pruner = create_method(args.method, noise=args.noise) if args.method != 'none' else None
+    pruner = None
+    if args.method != 'none':
+        star = {'query_mode': args.query_mode} if args.method == 'lightvla_star' else {}
+        pruner = create_method(args.method, noise=args.noise, **star)
     if pruner is not None:
         pruner.train(True)
     if args.lora_rank:
@@ -201,7 +204,7 @@ def train(args: argparse.Namespace) -> Path:
     parameters = [p for p in model.parameters() if p.requires_grad]
     extra = None
     if pruner is not None and pruner.name == 'lightvla_star':
-        extra = pruner.ensure_queries(model.config.num_visual_tokens, model.hidden_size)
+        extra = pruner.prepare_queries(accelerator, model.config.num_visual_tokens, model.hidden_size)
         parameters += list(extra.parameters())
     if auxiliary is not None:
         parameters += list(auxiliary.parameters())
@@ -252,10 +255,12 @@ def train(args: argparse.Namespace) -> Path:
     started, last_save, kept, aux_loss = time.time(), time.time(), float('nan'), float('nan')
     noise_scales = []
     for step in progress:
+        # Past the time budget this step is the last one; it runs with the selection noise at 0.
+        last = bool(args.max_minutes) and wall_before + time.time() - started > 60 * args.max_minutes
         if pruner is not None:
             # Annealed 1 -> 0 over the steps that will really run: whichever of the step count and
             # the time budget is nearer its end sets the progress, so a time-capped run ends at 0 too.
-            done = step / max(args.steps - 1, 1)
+            done = 1.0 if last else step / max(args.steps - 1, 1)
             if args.max_minutes and step > first_step:
                 elapsed = wall_before + time.time() - started
                 per_step = (time.time() - started) / (step - first_step)
@@ -289,8 +294,7 @@ def train(args: argparse.Namespace) -> Path:
         if pruner is not None and step % 25 == 0:
             kept = pruner_kept_fraction(core, pruner, batch)
         progress.set_postfix(loss=f'{np.mean(losses[-50:]):.4f}', aux=f'{aux_loss:.3f}', kept=f'{kept:.2f}')
-        if args.max_minutes and (noise_scales[-1:] == [0.0] or
-                                 wall_before + time.time() - started > 60 * args.max_minutes):
+        if last or (args.max_minutes and noise_scales[-1:] == [0.0]):
             progress.write(f'time budget of {args.max_minutes} min reached at step {step + 1}; saving')
             break
         if args.checkpoint_minutes and time.time() - last_save > 60 * args.checkpoint_minutes:
@@ -303,9 +307,7 @@ def train(args: argparse.Namespace) -> Path:
         final.eval()
         save_checkpoint(final, tokenizer, out, stats)
         if extra is not None:
-            from safetensors.torch import save_file
-            save_file({k: v.detach().cpu().contiguous() for k, v in extra.state_dict().items()},
-                      str(out / f'pruner_{pruner.name}.safetensors'))
+            pruner.save_queries(out)
         record = {'command': 'vla-prune train ' + ' '.join(sys.argv[2:]) if len(sys.argv) > 2 else '',
                   'args': vars(args), 'final_loss': float(np.mean(losses[-100:])),
                   'wall_time_s': round(wall_before + time.time() - started, 1), 'steps_done': len(losses),
@@ -325,4 +327,6 @@ def pruner_kept_fraction(model: VLAModel, pruner, batch) -> float:
     embeddings = model.embed_sequence(patches, proprio, batch['ids'])
     layout = model.layout(batch['ids'].shape[1] - 1)
     positions = torch.arange(embeddings.shape[1], device=embeddings.device)
-    return pruner.kept_fraction(embeddings, positions, layout)
+    padding = torch.zeros(embeddings.shape[:2], dtype=torch.bool, device=embeddings.device)
+    padding[:, layout.prompt_start:layout.readout_index + 1] = batch['padding']
+    return pruner.kept_fraction(embeddings, positions, layout, padding)
