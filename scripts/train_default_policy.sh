@@ -1,41 +1,23 @@
 #!/usr/bin/env bash
 # Reproduce the bundled policies (vla_prune_ros/assets/policies/{default,lightvla}) on a CPU.
-#   scripts/train_default_policy.sh [WORKDIR]     (default: runs/policy; THREADS=N sets torch threads)
-# Stages, each skipped when its output is complete, so re-running the same command resumes
-# (a training stage continues from its OUT/resume.pt, written every few minutes):
-# 1. demos:   1000 scripted-expert demonstrations, DART-perturbed, with privileged targets,
-# 2. base:    the default policy from scratch (sim-small preset; L1 on chunks + auxiliary
-#             target-position loss, EMA weights, bf16 autocast),
-# 3. dagger1: 600 episodes driven by `base` for a random prefix, finished and labelled by the expert,
-# 4. default: `base` fine-tuned on demos + dagger1 (the bundled default policy),
-# 5. lightvla: `default` fine-tuned with LightVLA's selection in the loop.
+#   scripts/train_default_policy.sh [WORKDIR]     (default: runs/policy)
+# 1. 600 scripted-expert demonstrations of the simulated tabletop tasks (touch / push),
+# 2. the default policy trained from scratch (sim-small preset, L1 on action chunks) in two stages,
+#    the second a lower-learning-rate continuation; --max-minutes caps each stage's wall time,
+#    and training_args.json in each checkpoint records the steps actually done,
+# 3. the LightVLA variant: the default policy fine-tuned with LightVLA's selection in the loop.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${1:-$ROOT/runs/policy}"
 VLA="$ROOT/.venv/bin/vla-prune"
-THREADS="${THREADS:-0}"
 mkdir -p "$WORK"
-
-collect() {   # collect NAME ARGS...: written to NAME.partial, renamed when complete
-  local name=$1; shift
-  [ -f "$WORK/$name/meta.json" ] && { echo "[policy] $name: done"; return; }
-  rm -rf "$WORK/$name.partial"
-  time "$VLA" collect "$WORK/$name.partial" "$@"
-  mv "$WORK/$name.partial" "$WORK/$name"
-}
-train() {     # train NAME ARGS...: resumes from NAME/resume.pt; complete once training_args.json exists
-  local name=$1; shift
-  [ -f "$WORK/$name/training_args.json" ] && { echo "[policy] $name: done"; return; }
-  time "$VLA" train --out "$WORK/$name" --threads "$THREADS" --batch-size 32 --bf16 --ema 0.999 "$@"
-}
-
-collect demos --episodes 1000 --perturb-std 0.004 --seed 0
-train base --data "$WORK/demos" --steps 3500 --lr 7e-4 --warmup 200 --aux-weight 0.5
-collect dagger1 --episodes 600 --perturb-std 0.004 --seed 1 --policy "$WORK/base"
-train default --init "$WORK/base" --data "$WORK/demos" "$WORK/dagger1" --steps 2000 --lr 3e-4 --warmup 100 \
-  --aux-weight 0.5
-train lightvla --init "$WORK/default" --data "$WORK/demos" "$WORK/dagger1" --method lightvla --steps 600 \
-  --lr 2e-4 --warmup 50
+time "$VLA" collect "$WORK/demos" --episodes 600 --noise-std 0.002
+time "$VLA" train --data "$WORK/demos" --out "$WORK/stage1" --steps 4000 --batch-size 32 --lr 7e-4 --warmup 200 \
+  --max-minutes 40
+time "$VLA" train --data "$WORK/demos" --init "$WORK/stage1" --out "$WORK/default" --steps 3500 --batch-size 32 \
+  --lr 3e-4 --warmup 50 --max-minutes 24
+time "$VLA" train --data "$WORK/demos" --init "$WORK/default" --out "$WORK/lightvla" --method lightvla \
+  --steps 600 --batch-size 32 --lr 2e-4 --warmup 50 --max-minutes 9
 for name in default lightvla; do
   rm -rf "$ROOT/vla_prune_ros/assets/policies/$name"
   mkdir -p "$ROOT/vla_prune_ros/assets/policies"
