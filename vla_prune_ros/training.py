@@ -217,8 +217,15 @@ def train(args: argparse.Namespace) -> Path:
         model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)
     final_hidden = {}
-    if args.pointing_weight > 0:    # the normed hidden states of every token, for the pointing loss
-        core.llm.norm.register_forward_hook(lambda module, inputs, output: final_hidden.__setitem__('h', output))
+    if args.pointing_weight > 0:
+        # The normed hidden states of every token entering layer --pointing-layer (the final norm when it is
+        # the depth): pointing there leaves the later layers to carry where the target is to the read-out.
+        depth = len(core.llm.layers)
+        layer = args.pointing_layer or depth
+        if not 1 <= layer <= depth:
+            raise SystemExit(f'--pointing-layer: must be in [0, {depth}], got {args.pointing_layer}')
+        norm = core.llm.norm if layer == depth else core.llm.layers[layer].input_layernorm
+        norm.register_forward_hook(lambda module, inputs, output: final_hidden.__setitem__('h', output))
     ema = AveragedModel(core, multi_avg_fn=get_ema_multi_avg_fn(args.ema)) if args.ema > 0 else None
     resume_path = out / 'resume.pt'
     first_step, losses, wall_before = 0, [], 0.0

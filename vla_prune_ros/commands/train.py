@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--pointing-weight', type=float, default=0.0,
                         help='weight of the training-only pointing loss: each patch token says whether the target '
                              'cube / goal is in its patch (needs privileged targets and camera_geometry)')
+    parser.add_argument('--pointing-layer', type=int, default=0,
+                        help='the pointing loss reads the patch states entering this LLM layer (0: after the last)')
     parser.add_argument('--ema', type=float, default=0.0, help='EMA decay of the saved weights (0 = off)')
     parser.add_argument('--bf16', action='store_true', help='bf16 autocast')
     parser.add_argument('--checkpoint-minutes', type=float, default=5.0,
