@@ -35,8 +35,9 @@ from .model.checkpoint import load_checkpoint, save_checkpoint
 from .model.configuration_vla import OFT_PROMPT, BackboneConfig, NormStats, VisionConfig, VLAConfig
 from .model.modeling_vla import VLAModel
 from .auxiliary import PRIVILEGED_SCALE, PointingHead, TargetHead, target_patch, target_points
-from .model.processing import (CROP_AREA, center_crop_box, crop_and_resize, normalize_actions, normalize_proprio,
-                               pad_prompts, pixel_values, prepare_image, prompt_ids, to_uint8, to_unit_float)
+from .model.processing import (center_crop_box, crop_and_resize, normalize_actions, normalize_proprio,
+                               pad_prompts, pixel_values, prepare_image, prompt_ids, random_crop_box, to_uint8,
+                               to_unit_float)
 from .model.tokenizer import READOUT_ID, build_word_tokenizer, prompt_words
 from .pruning import create_method
 
@@ -116,9 +117,7 @@ class Batches:
         """A 90 %-area square: at a random offset when augmenting, else the inference center crop."""
         if not self.augment:
             return center_crop_box() if self.config.center_crop else (0.0, 0.0, 1.0, 1.0)
-        side = math.sqrt(CROP_AREA)
-        y1, x1 = self.rng.uniform(0.0, 1.0 - side, size=2)
-        return (y1, x1, y1 + side, x1 + side)
+        return random_crop_box(self.rng)
 
     def _target_patches(self, episode: int, t: int, boxes) -> np.ndarray:
         from .sim.cameras import project

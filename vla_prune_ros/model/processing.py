@@ -175,10 +175,8 @@ def load_dataset_statistics(path: Path) -> dict:
         return json.load(handle)
 
 
-def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Training augmentation matching the center crop: a 90 %-area square at a random offset."""
-    if image.shape[:2] != (size, size):
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    scale = math.sqrt(CROP_AREA)
-    y1, x1 = rng.uniform(0.0, 1.0 - scale, size=2)
-    return to_uint8(crop_and_resize(to_unit_float(image), (y1, x1, y1 + scale, x1 + scale), size))
+def random_crop_box(rng: np.random.Generator) -> tuple[float, float, float, float]:
+    """Training augmentation matching the center crop: a 90 %-area square box at a random offset."""
+    side = math.sqrt(CROP_AREA)
+    y1, x1 = rng.uniform(0.0, 1.0 - side, size=2)
+    return (y1, x1, y1 + side, x1 + side)
