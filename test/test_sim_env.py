@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from vla_prune_ros.sim.env import ACTION_NAMES, MAX_ROTATION_STEP, MAX_TRANSLATION_STEP, TabletopEnv
-from vla_prune_ros.sim.scene import (CUBE_HALF, HOME_TCP_ROTATION, rotation_matrix_from_vector,
+from vla_prune_ros.sim.scene import (CUBE_HALF, HOME_TCP_POSITION, HOME_TCP_ROTATION, rotation_matrix_from_vector,
                                      rotation_vector_from_matrix)
-from vla_prune_ros.sim.tasks import TASK_KINDS
+from vla_prune_ros.sim.tasks import START_OFFSET_RANGE, TASK_KINDS
 from vla_prune_ros.sim.expert import ScriptedExpert
 
 
@@ -78,7 +78,10 @@ def test_observation_contents(env):
     assert obs.joint_names == [f'joint{i}' for i in range(1, 7)] + ['finger_left_joint', 'finger_right_joint']
     assert obs.joint_positions.shape == obs.joint_velocities.shape == (8,)
     assert obs.proprio.shape == (8,) and obs.proprio.dtype == np.float64
-    np.testing.assert_allclose(obs.proprio[:3], [0.35, 0.0, 0.15], atol=1e-4)   # home TCP
+    # The TCP starts at the scene's seeded offset from home, within the documented range.
+    np.testing.assert_allclose(obs.proprio[:3], HOME_TCP_POSITION + env.task.start_offset, atol=1e-4)
+    assert np.all(np.abs(env.task.start_offset) <= START_OFFSET_RANGE)
+    assert np.linalg.norm(env.task.start_offset) > 1e-3
     # Tool pointing down: a half turn about y, reported continuously (not flipping to -pi).
     np.testing.assert_allclose(obs.proprio[3:6], [0.0, np.pi, 0.0], atol=1e-4)
     assert obs.time == 0.0 and not obs.success

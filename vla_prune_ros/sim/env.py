@@ -7,6 +7,11 @@ to the *measured* TCP pose, plus gripper in [-1 (open), +1 (close)]. Each step s
 least-squares IK (``mj_jacSite`` on the TCP site) for the joint goal and ramps position-actuator
 targets to it over the control period (with a velocity feed-forward so the ramp is tracked
 without lag), running ``control_dt / physics_dt`` physics substeps.
+
+Each episode starts the TCP at a seeded random offset from home (``tasks.START_OFFSET_RANGE``). With a
+fixed start, the arm's position part-way along its approach told a policy where it was heading, so
+a policy could copy its own past heading from the proprio instead of finding the target in the
+images; the first step, the only one that needed vision, was a sliver of the loss.
 """
 from __future__ import annotations
 
@@ -151,10 +156,10 @@ class TabletopEnv:
 
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
-        d.qpos[self._arm_qpos] = self.home_qpos
-        d.qpos[self._finger_qpos] = 0.0
-        d.ctrl[self._arm_actuators] = self.home_qpos
-        d.ctrl[self._finger_actuators] = 0.0
+        d.qpos[self._arm_qpos] = self.home_qpos   # where the start pose's IK begins
+        d.qpos[self._finger_qpos] = d.ctrl[self._finger_actuators] = 0.0
+        start = self._inverse_kinematics(HOME_TCP_POSITION + self.task.start_offset, HOME_TCP_ROTATION, 100)
+        d.qpos[self._arm_qpos] = d.ctrl[self._arm_actuators] = start
         for i in range(NUM_CUBES):
             adr = self._cube_qpos[i]
             d.qpos[adr:adr + 3] = [*self.task.cube_positions[i], CUBE_HALF]

@@ -37,6 +37,9 @@ OBJECT_Y_RANGE = (-0.20, 0.20)
 REACH_RADIUS = (0.25, 0.58)   # horizontal TCP distance from the base axis that IK handles well
 PUSH_DISTANCE_RANGE = (0.12, 0.25)
 PUSH_STANDOFF = 0.07          # the expert starts a push this far behind the cube centre
+# The TCP starts this far (uniform, per axis) from the home position, so the arm's position along
+# its approach does not reveal where it is heading: only the images and the instruction do.
+START_OFFSET_RANGE = np.array([0.05, 0.08, 0.03])
 
 
 @dataclasses.dataclass
@@ -50,6 +53,7 @@ class TaskSpec:
     cube_yaws: np.ndarray                # (NUM_CUBES,)
     pad_colours: tuple[str, ...]
     pad_positions: np.ndarray            # (NUM_PADS, 2) xy
+    start_offset: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3))  # TCP start - home
 
 
 
@@ -110,7 +114,8 @@ def sample_task(rng: np.random.Generator, kind: str) -> TaskSpec:
         return TaskSpec(
             kind=kind, instruction=instruction, target_cube=cube_colours[0], target_pad=target_pad,
             cube_colours=cube_colours, cube_positions=np.array(cubes), cube_yaws=np.array(yaws),
-            pad_colours=pad_colours, pad_positions=np.array(pads))
+            pad_colours=pad_colours, pad_positions=np.array(pads),
+            start_offset=rng.uniform(-START_OFFSET_RANGE, START_OFFSET_RANGE))
     raise RuntimeError('could not sample a valid scene layout')
 
 
