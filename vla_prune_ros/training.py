@@ -14,7 +14,8 @@ Training-only extras, none of which the saved policy contains:
                 saved.
   --bf16        CPU/GPU bf16 autocast.
 Every ``--checkpoint-minutes`` the full state (weights, EMA, optimiser, schedule, step, every RNG) is
-written to ``OUT/resume.pt``; running the same command again continues from it, so a run split
+written to ``OUT/resume.pt``, and the weights the run would save now to ``OUT/latest`` (with
+``progress.json``: step and training seconds); running the same command again continues from it, so a run split
 across sittings ends where an unbroken one would.
 """
 from __future__ import annotations
@@ -255,6 +256,13 @@ def train(args: argparse.Namespace) -> Path:
                 state[key] = module.state_dict()
         torch.save(state, out / 'resume.pt.tmp')
         (out / 'resume.pt.tmp').replace(resume_path)   # atomic: a kill mid-write leaves the old state
+        # What the run would save now, loadable while it trains (probes, learning curves).
+        latest = out / 'latest'
+        if args.lora_rank:
+            return   # unmerged adapters are not a loadable policy
+        save_checkpoint((ema.module if ema is not None else core).eval(), tokenizer, latest, stats)
+        core.train()
+        (latest / 'progress.json').write_text(json.dumps({'step': step, 'wall_time_s': state['wall_time_s']}))
 
     progress = tqdm(range(first_step, args.steps), desc='train', disable=not accelerator.is_main_process,
                     dynamic_ncols=True, initial=first_step, total=args.steps)
