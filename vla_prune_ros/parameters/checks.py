@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from ..control.chunk_queue import ExecutionOptions
 from ..control.controller import ControllerConfig
 from ..options import Options, option_specs
 from ..paths import PACKAGE_URL, resolve_package_url
@@ -73,6 +74,15 @@ def controller_config(values: Mapping[str, Any]) -> ControllerConfig:
                                        if name.startswith(prefix)})
 
 
+def execution_options(values: Mapping[str, Any]) -> ExecutionOptions:
+    """The ``ExecutionOptions`` from the parameters (unprefixed); raises ParameterError."""
+    try:
+        return ExecutionOptions.from_dict({spec.name: values[spec.name] for spec in option_specs(ExecutionOptions)
+                                           if spec.name in values})
+    except ValueError as error:
+        raise ParameterError(str(error)) from None
+
+
 def validate(values: Mapping[str, Any], model: Optional[ModelInfo] = None) -> None:
     """Check a complete parameter set; raises ParameterError naming the first problem."""
     for name, value in values.items():
@@ -89,6 +99,7 @@ def validate(values: Mapping[str, Any], model: Optional[ModelInfo] = None) -> No
         _options(METHODS[method].options_class, method_options(full, method))
 
     controller_config(full)
+    execution_options(full)
 
     low, high = list(full['action_low']), list(full['action_high'])
     if low or high:

@@ -67,14 +67,15 @@ def parameter(name, type_, default, description, low=None, high=None, choices=No
 
 
 def from_option(prefix: str, option: OptionSpec) -> ParamSpec:
-    """The node parameter ``<prefix>.<option>`` of a declared option: same default, range and help."""
+    """The node parameter ``<prefix>.<option>`` (no prefix: ``<option>``) of a declared option: same default,
+    range and help."""
     low, high = option.low, option.high
     if option.off is not None and low is not None:
         low = min(low, option.off)             # the ROS range also admits "off"
     if option.kind == 'double' and low is not None:
         low, high = float(low), float(high)
     default = option.off if option.default is None else option.default
-    return parameter(f'{prefix}.{option.name}', option.kind + ('_array' if option.is_tuple else ''),
+    return parameter(f'{prefix}.{option.name}' if prefix else option.name, option.kind + ('_array' if option.is_tuple else ''),
                      list(default) if option.is_tuple else default, option.help, low, high, option.choices,
                      none_value=option.off)
 

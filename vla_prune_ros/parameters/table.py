@@ -1,7 +1,8 @@
 """The table of every parameter of ``vla_prune_node``.
 
 The node's own parameters are listed here; each pruning method's (``<prefix>.<option>``) and the
-controller's (``controller.<field>``) are derived from their option declarations
+controller's (``controller.<field>``) and the execution options (``execution``, ``chunk_aggregation``, ...,
+:class:`~vla_prune_ros.control.chunk_queue.ExecutionOptions`) are derived from their option declarations
 (:mod:`vla_prune_ros.options`), so their defaults, ranges and help are written once, beside the code
 they configure. ``execute_steps: 0`` means "the whole chunk".
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..control.chunk_queue import ExecutionOptions
 from ..control.controller import ControllerConfig
 from ..options import option_specs
 from ..paths import PACKAGE_URL
@@ -87,6 +89,12 @@ _CORE = [
     parameter('publish_joint_trajectory', 'bool', False,
               'Also publish each chunk as trajectory_msgs/JointTrajectory (for joint-space policies).'),
     parameter('joint_trajectory_topic', 'string', 'joint_trajectory', 'JointTrajectory topic.', read_only=True),
+    parameter('dry_run', 'bool', False,
+              'Run the model and publish inference_stats, feedback and diagnostics, but no action_chunk or '
+              'joint_trajectory: watch a policy without the robot moving.'),
+    parameter('added_latency', 'double', 0.0,
+              'Benchmarks only: sleep this long (s) inside every policy call, emulating a larger model; 0 = off.',
+              0.0, 10.0),
 ]
 
 
@@ -99,7 +107,7 @@ def _derived(options_classes) -> list[ParamSpec]:
     return list(specs.values())
 
 
-PARAMETERS: dict[str, ParamSpec] = {s.name: s for s in _CORE + _derived(
+PARAMETERS: dict[str, ParamSpec] = {s.name: s for s in _CORE + _derived([ExecutionOptions]) + _derived(
     [m.options_class for m in BUILTIN_METHODS if m.options_class.prefix] + [ControllerConfig])}
 
 
