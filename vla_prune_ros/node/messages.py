@@ -32,20 +32,22 @@ def duration_to_s(duration: DurationMsg) -> float:
 
 
 def action_chunk(actions: np.ndarray, names: Sequence[str], control_dt: float, sequence: int, record,
-                 stamp: TimeMsg, frame_id: str) -> ActionChunk:
+                 stamp: TimeMsg, frame_id: str, start_time: TimeMsg) -> ActionChunk:
+    """``stamp``: the observation the chunk was computed from; ``start_time``: when its first action is due."""
     chunk = ActionChunk(dt=float(control_dt), dimension_names=list(names),
                         chunk_length=int(actions.shape[0]), action_dim=int(actions.shape[1]),
                         actions=[float(a) for a in actions.reshape(-1)], sequence=sequence,
-                        method=record.method, controller_mode=record.mode)
+                        method=record.method, controller_mode=record.mode, start_time=start_time)
     chunk.header.stamp, chunk.header.frame_id = stamp, frame_id
     return chunk
 
 
-def joint_trajectory(actions: np.ndarray, names: Sequence[str], control_dt: float, stamp: TimeMsg,
+def joint_trajectory(actions: np.ndarray, names: Sequence[str], control_dt: float, start_time: TimeMsg,
                      frame_id: str) -> JointTrajectory:
-    """One point per chunk step, ``time_from_start = k * control_dt``."""
+    """One point per chunk step, ``header.stamp = start_time`` (when the first point is due, as
+    joint_trajectory_controller reads it), ``time_from_start = k * control_dt``."""
     trajectory = JointTrajectory(joint_names=list(names))
-    trajectory.header.stamp, trajectory.header.frame_id = stamp, frame_id
+    trajectory.header.stamp, trajectory.header.frame_id = start_time, frame_id
     for k, row in enumerate(actions):
         t = k * control_dt
         trajectory.points.append(JointTrajectoryPoint(
@@ -54,7 +56,9 @@ def joint_trajectory(actions: np.ndarray, names: Sequence[str], control_dt: floa
     return trajectory
 
 
-def inference_stats(record, decision, stamp: TimeMsg, frame_id: str) -> InferenceStats:
+def inference_stats(record, decision, stamp: TimeMsg, frame_id: str, execution: str = 'sync',
+                    start_time: TimeMsg | None = None, dropped: int = 0, blended: int = 0,
+                    dry_run: bool = False) -> InferenceStats:
     timings = record.timings
     stats = InferenceStats(
         method=record.method, controller_mode=record.mode, tokens_total=int(record.tokens_total),
@@ -66,7 +70,9 @@ def inference_stats(record, decision, stamp: TimeMsg, frame_id: str) -> Inferenc
         llm_time=float(timings.get('llm', 0.0)), head_time=float(timings.get('head', 0.0)),
         total_time=float(timings.get('total', 0.0)),
         ee_linear_speed=float(decision.linear_speed), ee_angular_speed=float(decision.angular_speed),
-        ee_velocity_valid=bool(decision.velocity_valid))
+        ee_velocity_valid=bool(decision.velocity_valid), execution=execution,
+        start_time=start_time if start_time is not None else stamp, dropped_steps=int(dropped),
+        blended_steps=int(blended), dry_run=bool(dry_run))
     stats.header.stamp, stats.header.frame_id = stamp, frame_id
     return stats
 

@@ -157,18 +157,21 @@ class NodeParameters:
             listener(values)
         self._node.get_logger().info('parameters set: ' + ', '.join(f'{p.name}={p.value}' for p in parameters))
 
-    def apply(self, policy, controller, velocity) -> None:
-        """Called by the execute thread before an inference: the method and the controller follow."""
+    def apply(self, policy, controller, velocity) -> bool:
+        """Called by the execute thread before an inference: the method and the controller follow.
+        Returns whether the method (or its options) changed."""
         with self._lock:
             if not self._dirty:
-                return
+                return False
             values = dict(self.values)
             self._dirty = False
         method, options = values['method'], method_options(values)
-        if (method, options) != self._applied_method:
+        switched = (method, options) != self._applied_method
+        if switched:
             policy.set_method(method, **options)
             self._applied_method = (method, options)
             self._node.get_logger().info(f'method {method} with {options}')
         controller.update_config(controller_config(values))
         if velocity is not None:
             velocity.smoothing = values['velocity_smoothing']
+        return switched

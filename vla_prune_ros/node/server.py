@@ -14,11 +14,12 @@ running one.
 One goal: ``policy.reset()``, ``controller.reset()``, then repeat: take the latest frames and
 joint state, check their age (abort or wait), step the controller with the measured velocity,
 infer, reject non-finite actions, clip, publish ``action_chunk`` (+ ``inference_stats``,
-optional ``JointTrajectory``, feedback), and wait until the chunk is consumed
-(``control_dt * execute_steps``) unless the controller switches coarse -> fine (flush: infer at
-once). It ends on ``success_topic`` True (SUCCEEDED), ``max_chunks`` (CHUNK_LIMIT), ``timeout``
-(TIMEOUT), cancel (CANCELED), a newer goal (PREEMPTED) or bad input (FAILED). Goal states:
-SUCCEEDED and CHUNK_LIMIT end *succeeded*, CANCELED *canceled*, the rest *aborted*; the result's
+optional ``JointTrajectory``, feedback; ``dry_run``: only the stats and feedback), and wait
+(:mod:`.execution`): ``sync`` until the chunk is consumed (``control_dt * execute_steps``), ``async``
+until ``inference_trigger_steps`` are left, the next chunk then dropping its expired steps and
+blending the overlap; a coarse -> fine switch infers at once and replaces the rest. It ends on
+``success_topic`` True (SUCCEEDED), ``max_chunks`` (CHUNK_LIMIT), ``timeout`` (TIMEOUT), cancel
+(CANCELED), a newer goal (PREEMPTED) or bad input (FAILED). Goal states: SUCCEEDED and CHUNK_LIMIT end *succeeded*, CANCELED *canceled*, the rest *aborted*; the result's
 ``status`` and ``reason`` say which and why.
 """
 from __future__ import annotations
@@ -49,12 +50,13 @@ from ..model.instruction import InstructionLimit
 from ..parameters import NODE_NAME, ModelInfo, ParameterError, controller_config, duplicate_names, \
     method_options, resolve_urdf, validate
 from . import messages
+from .execution import ChunkPacing
 from .goals import PREEMPTED, Ending, GoalEnded, GoalRun, GoalRunner, finish, republish_status
 from .inputs import LatestInputs, Observation, StaleInput
 from .parameters import NodeParameters, StartupError
 
 Result = RunInstruction.Result
-POLL_PERIOD = 0.005           # s between checks while a chunk is being consumed or input awaited
+POLL_PERIOD = 0.005           # s between checks while input is awaited
 # Goal, cancel and result requests: a burst of 50 goals must not overflow the default depth of 10.
 ACTION_SERVICE_QOS = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -130,6 +132,8 @@ class VLAPruneNode(Node):
         self.parameters.watch(model, values['method'], method_options(values))
         self.parameters.on_change(self._on_parameters_changed)
         self.instruction_limit = InstructionLimit(self.policy.tokenizer, config, values['max_instruction_tokens'])
+        self._pacing = ChunkPacing(self.parameters, self.policy, self.inputs, self.controller,
+                                   lambda: self.get_clock().now().nanoseconds, self.get_logger())
 
         self._goal_lock = threading.Lock()         # guards _runs and _current
         self._runner = GoalRunner(self._execute_blocking, self._internal_error)
@@ -254,12 +258,14 @@ class VLAPruneNode(Node):
         self.parameters.apply(self.policy, self.controller, self._velocity)
         self.policy.reset()
         self.controller.reset()
-        last_velocity_stamp = None
+        self._pacing.reset()
+        last_velocity_stamp, replace = None, False
         try:
             while True:
                 self._raise_if_ended(run)
                 observation = self._wait_for_input(run)
-                self.parameters.apply(self.policy, self.controller, self._velocity)
+                # A new method's chunk replaces the rest: no steps of the old method stay queued.
+                replace |= self.parameters.apply(self.policy, self.controller, self._velocity)
                 decision = self.controller.step(observation.linear, observation.angular, False,
                                                 observation.velocity_stamp)
                 last_velocity_stamp = observation.velocity_stamp
@@ -268,13 +274,15 @@ class VLAPruneNode(Node):
                 with run.lock:     # publish only while this goal still owns the robot
                     if not run.active or run.handle.is_cancel_requested:
                         continue
-                    published = self._publish(run, observation, actions, record, decision)
+                    published = self._publish(run, observation, actions, record, decision, replace)
                 run.latencies.append(record.timings.get('total', math.nan))
                 run.tokens.append(record.tokens_kept)
                 self._last_latency = run.latencies[-1]
                 self._overheads.append((published - observation.picked_up) - record.timings.get('total', 0.0))
                 run.chunks += 1
-                last_velocity_stamp = self._consume(run, published, last_velocity_stamp)
+                final = bool(request.max_chunks) and run.chunks >= request.max_chunks
+                last_velocity_stamp, replace = self._pacing.wait(lambda: self._ending(run), published,
+                                                                 last_velocity_stamp, final)
         except GoalEnded as ended:
             return self._finish(run, ended.ending)
 
@@ -304,6 +312,10 @@ class VLAPruneNode(Node):
         try:
             output = self.policy.infer(observation.images, observation.proprio, run.handle.request.instruction,
                                        decision.mode, ee_speed)
+            added = self.parameters.value('added_latency')
+            if added:       # benchmarks: emulate a larger model, counted in the measured latency
+                time.sleep(added)
+                output.record.timings['total'] = output.record.timings.get('total', 0.0) + added
         except (ValueError, RuntimeError) as error:
             raise GoalEnded(Ending(Result.STATUS_FAILED, f'model error: {error}')) from None
         actions = np.asarray(output.actions, dtype=np.float64)
@@ -311,52 +323,33 @@ class VLAPruneNode(Node):
             bad = int(np.size(actions) - np.isfinite(actions).sum())
             raise GoalEnded(Ending(Result.STATUS_FAILED, f'the model produced {bad} non-finite action values '
                                    f'(NaN/Inf) in chunk {run.chunks}; nothing was published'))
+        return self._clip(actions), output.record
+
+    def _clip(self, actions: np.ndarray) -> np.ndarray:
         low, high = self.parameters.value('action_low'), self.parameters.value('action_high')
-        if low:
-            actions = np.clip(actions, np.asarray(low)[None, :], np.asarray(high)[None, :])
-        return actions, output.record
+        return np.clip(actions, np.asarray(low)[None, :], np.asarray(high)[None, :]) if low else actions
 
-    def _consume(self, run: GoalRun, published: float, last_velocity_stamp):
-        """Wait while the chunk executes; returns early on a coarse -> fine switch or when the goal ends."""
-        steps = self.parameters.value('execute_steps') or self.policy.config.chunk_len
-        deadline = published + self.parameters.value('control_dt') * steps
-        next_frame = published + self.parameters.value('control_dt')
-        while time.perf_counter() < deadline:
-            if self._ending(run):
-                return last_velocity_stamp
-            if time.perf_counter() >= next_frame:      # one frame per control step into the policy's ring
-                next_frame += self.parameters.value('control_dt')
-                try:
-                    self.policy.observe_frames(self.inputs.observe(self.parameters.value('max_input_age')).images)
-                except StaleInput:
-                    pass        # a missing frame leaves a gap; the next inference checks its own inputs
-            velocity = self.inputs.velocity()
-            if velocity is not None and velocity.stamp_s != last_velocity_stamp:
-                last_velocity_stamp = velocity.stamp_s
-                decision = self.controller.step(velocity.linear, velocity.angular, True, velocity.stamp_s)
-            elif velocity is None and self.controller.mode != 'fine':
-                decision = self.controller.step(None, None, True, time.monotonic())
-            else:
-                decision = None
-            if decision is not None and decision.flush_queue:
-                self.get_logger().info(f'{decision.reason}: dropping the rest of the chunk, inferring now')
-                return last_velocity_stamp
-            time.sleep(min(POLL_PERIOD, max(0.0, deadline - time.perf_counter())))
-        return last_velocity_stamp
-
-    def _publish(self, run: GoalRun, observation: Observation, actions: np.ndarray, record, decision) -> float:
-        """Publish the chunk and what goes with it; returns the perf_counter time the chunk went out."""
+    def _publish(self, run: GoalRun, observation: Observation, actions: np.ndarray, record, decision,
+                 replace: bool) -> float:
+        """Publish the chunk (latency-compensated and blended in async) and what goes with it; returns the
+        perf_counter time the chunk went out. ``dry_run``: the stats and feedback only."""
         names = self.policy.config.action_names
         stamp = messages.ns_to_time(observation.stamp_ns)
         control_dt = self.parameters.value('control_dt')
         frame_id = self.parameters.value('action_frame_id')
-        self._chunk_pub.publish(messages.action_chunk(actions, names, control_dt, run.chunks, record, stamp,
-                                                      frame_id))
+        planned = self._pacing.plan(actions, observation.stamp_ns, replace or decision.flush_queue)
+        rows, start = self._clip(planned.actions), messages.ns_to_time(planned.start_ns)
+        dry_run = self.parameters.value('dry_run')
+        if not dry_run:
+            self._chunk_pub.publish(messages.action_chunk(rows, names, control_dt, run.chunks, record, stamp,
+                                                          frame_id, start))
+            self._chunks_published += 1
+            if self.parameters.value('publish_joint_trajectory'):
+                self._trajectory_pub.publish(messages.joint_trajectory(rows, names, control_dt, start, frame_id))
         published = time.perf_counter()
-        self._chunks_published += 1
-        if self.parameters.value('publish_joint_trajectory'):
-            self._trajectory_pub.publish(messages.joint_trajectory(actions, names, control_dt, stamp, frame_id))
-        self._stats_pub.publish(messages.inference_stats(record, decision, stamp, frame_id))
+        self._stats_pub.publish(messages.inference_stats(record, decision, stamp, frame_id,
+                                                         self.parameters.value('execution'), start, planned.dropped,
+                                                         planned.blended, dry_run))
         run.handle.publish_feedback(messages.feedback(record, decision, run.chunks + 1))
         republish_status(self._action_server, self.get_logger())     # see goals.republish_status
         return published
