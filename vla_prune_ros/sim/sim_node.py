@@ -1,16 +1,18 @@
 """``vla_prune_sim``: the MuJoCo tabletop arm as a ROS 2 robot.
 
 Publishes what a real robot driver would: camera images (``camera/<name>/image_raw``),
-``joint_states`` with velocities, and ``robot_description`` (latched). Executes
-``ActionChunk`` messages step by step at their ``dt`` (a newer chunk replaces what is left of
-the older one, as a trajectory controller does; with no chunk the arm holds still). Offers
-``reset_episode`` (``ResetEpisode``: task + seed -> instruction) and reports success on
-``task_done`` (``std_msgs/Bool``) from the simulator's own state.
+``joint_states`` with velocities, and ``robot_description`` (latched). Executes ``ActionChunk``
+messages on their timing (``control.chunk_queue``): action ``i`` is due at ``start_time + i * dt``
+and runs at the control tick nearest that time; a new chunk replaces every queued action due from
+its ``start_time`` on, as a trajectory controller does; the arm holds still only when nothing is due.
+After every tick it publishes ``episode_summary`` (``EpisodeSummary``: executed and idle steps,
+chunk boundaries and their jumps, success and task time). Offers ``reset_episode`` (``ResetEpisode``:
+task + seed -> instruction) and reports success on ``task_done`` (``std_msgs/Bool``) from the
+simulator's own state. The observation published at a tick shows the state after that tick's action.
 """
 from __future__ import annotations
 
 import threading
-from collections import deque
 
 import numpy as np
 import rclpy
@@ -20,9 +22,10 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 
-from vla_prune_interfaces.msg import ActionChunk
+from vla_prune_interfaces.msg import ActionChunk, EpisodeSummary
 from vla_prune_interfaces.srv import ResetEpisode
 
+from ..control.chunk_queue import ActionTimeline, ExecutionTally, seconds_to_ns
 from ..data.images import fill_image_msg
 from .env import ACTION_NAMES, TabletopEnv
 from .scene import CAMERA_NAMES
@@ -40,15 +43,18 @@ class SimNode(Node):
         self.control_dt = float(self.get_parameter('control_dt').value)
         self.env = TabletopEnv(image_size=size, control_dt=self.control_dt, seed=self.get_parameter('seed').value)
         self.lock = threading.Lock()
-        self.queue: deque[np.ndarray] = deque()
+        self.timeline = ActionTimeline()
+        self.tally = ExecutionTally()
+        self.chunks_received = 0
+        self.episode, self.seed = 0, int(self.get_parameter('seed').value)
         self.gripper = 1.0
-        self.observation = self.env.reset(task=self.get_parameter('task').value or None,
-                                          seed=self.get_parameter('seed').value)
+        self.observation = self.env.reset(task=self.get_parameter('task').value or None, seed=self.seed)
 
         self.image_publishers = {name: self.create_publisher(Image, f'camera/{name}/image_raw',
                                                              qos_profile_sensor_data) for name in CAMERA_NAMES}
         self.joint_publisher = self.create_publisher(JointState, 'joint_states', qos_profile_sensor_data)
         self.done_publisher = self.create_publisher(Bool, 'task_done', 10)
+        self.summary_publisher = self.create_publisher(EpisodeSummary, 'episode_summary', 10)
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              reliability=ReliabilityPolicy.RELIABLE)
         self.description_publisher = self.create_publisher(String, 'robot_description', latched)
@@ -68,8 +74,13 @@ class SimNode(Node):
         if not np.all(np.isfinite(actions)):
             self.get_logger().error('action_chunk: non-finite action refused')
             return
+        start_ns = msg.start_time.sec * 1_000_000_000 + msg.start_time.nanosec
+        dt_ns = seconds_to_ns(msg.dt) if msg.dt > 0 else seconds_to_ns(self.control_dt)
         with self.lock:
-            self.queue = deque(actions)
+            # A zero start_time (a publisher that does not set it): due from now on.
+            self.timeline.replace_from(start_ns or self.get_clock().now().nanoseconds, dt_ns, actions,
+                                       self.chunks_received)
+            self.chunks_received += 1
 
     def on_reset(self, request: ResetEpisode.Request, response: ResetEpisode.Response):
         task = request.task or None
@@ -77,10 +88,13 @@ class SimNode(Node):
             response.success, response.message = False, f"unknown task '{task}'; choose one of {TASK_KINDS}"
             return response
         with self.lock:
-            self.queue.clear()
+            self.timeline.clear()
+            self.tally, self.chunks_received = ExecutionTally(), 0
+            self.episode, self.seed = self.episode + 1, int(request.seed)
             self.gripper = 1.0
             self.observation = self.env.reset(task=task, seed=int(request.seed))
             self.publish_observation()
+            self.publish_summary()
         response.success, response.message = True, 'reset'
         response.instruction = self.env.instruction
         self.get_logger().info(f'reset (seed {request.seed}): {self.env.instruction!r}')
@@ -88,14 +102,29 @@ class SimNode(Node):
 
     def on_tick(self) -> None:
         with self.lock:
-            if self.queue:
-                action = self.queue.popleft()
+            step = self.timeline.pop_due(self.get_clock().now().nanoseconds, seconds_to_ns(self.control_dt))
+            self.tally.tick(step)
+            if step is not None:
+                action = step.action
                 self.gripper = float(action[-1])
-            else:
+            else:       # nothing due: hold still, the gripper as it was
                 action = np.zeros(len(ACTION_NAMES))
                 action[-1] = self.gripper
             self.observation = self.env.step(action)
+            if self.observation.success:
+                self.tally.succeed()
             self.publish_observation()
+            self.publish_summary()
+
+    def publish_summary(self) -> None:
+        tally = self.tally
+        summary = EpisodeSummary(
+            episode=self.episode, task=self.env.task.kind, seed=self.seed, executed_steps=tally.executed,
+            idle_steps=tally.idle, chunks_received=self.chunks_received, boundaries=tally.boundaries,
+            boundary_jump_sum=tally.jump_sum, success=tally.success, task_time=tally.task_steps * self.control_dt,
+            queued_steps=len(self.timeline))
+        summary.header.stamp = self.get_clock().now().to_msg()
+        self.summary_publisher.publish(summary)
 
     def publish_observation(self) -> None:
         stamp = self.get_clock().now().to_msg()
