@@ -77,6 +77,8 @@ class EpisodeResult:
     task_time_s: float | None = None            # simulated seconds until success
     boundary_jumps: list[float] = field(default_factory=list)   # m per step, at each chunk boundary
     tcp_jerk: float | None = None                # mean |d³p/dt³| of the executed TCP path, m/s³
+    idle_steps: int = 0                          # through ROS: control steps with no action due
+    dropped_steps: list[int] = field(default_factory=list)     # through ROS: expired steps dropped per chunk
 
 
 def boundary_jump(previous_action: np.ndarray | None, next_action: np.ndarray) -> float | None:

@@ -19,6 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument('--through-ros', action='store_true',
                         help='run the episodes through vla_prune_node and vla_prune_sim over DDS')
+    parser.add_argument('--execution', default='sync',
+                        help='--through-ros: comma-separated execution modes of the node: sync, async (latest_only), '
+                             'async+weighted_average, async+temporal_ensemble')
+    parser.add_argument('--added-latency', default='0',
+                        help='--through-ros: comma-separated seconds of sleep inside every policy call, '
+                             'emulating a larger model (labelled so in the tables)')
     parser.add_argument('--json', help='write results here (plus .md table and .png plot beside it)')
 
 
@@ -26,11 +32,21 @@ def main(args: argparse.Namespace) -> int:
     from ..evaluation import episode_plan, evaluate, plot, table
     args.command = command_line('eval', args)
     if args.through_ros:
-        from ..sim.ros_episodes import run_through_ros
+        from ..control.chunk_queue import AGGREGATIONS
+        from ..sim import ros_eval
         from ..sim.tasks import TASK_KINDS
         tasks = args.tasks.split(',') if args.tasks else list(TASK_KINDS)
-        report = run_through_ros(args.methods.split(','), Path(args.checkpoint),
-                                 episode_plan(tasks, args.episodes, args.seed), args.command)
+        executions = args.execution.split(',')
+        known = {'sync', 'async'} | {f'async+{mode}' for mode in AGGREGATIONS}
+        if not set(executions) <= known:
+            raise SystemExit(f'--execution: {args.execution!r}: give some of {sorted(known)}')
+        latencies = [float(value) for value in args.added_latency.split(',')]
+        if any(not 0.0 <= value <= 10.0 for value in latencies):
+            raise SystemExit('--added-latency: each value must be in [0, 10] s')
+        report = ros_eval.run_through_ros(args.methods.split(','), Path(args.checkpoint),
+                                          episode_plan(tasks, args.episodes, args.seed), args.command,
+                                          executions, latencies)
+        table, plot = ros_eval.table, ros_eval.plot
     else:
         report = evaluate(args)
     text = table(report)

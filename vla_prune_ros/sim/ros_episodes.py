@@ -6,7 +6,9 @@ instructions as ``RunInstruction`` goals, switches the pruning method live throu
 ``set_parameters`` (what ``ros2 param set`` calls), prints one line per chunk and a summary,
 writes a GIF of an episode and records the run to a rosbag2 (MCAP).
 
-``vla-prune demo`` and ``vla-prune eval --through-ros`` run on this harness.
+``vla-prune demo`` and ``vla-prune eval --through-ros`` run on this harness. An episode's measures
+of execution (executed and idle control steps, chunk-boundary jumps, task time) are the simulator's
+own ``episode_summary``; the execution mode and the added latency are set live on the node.
 """
 from __future__ import annotations
 
@@ -23,12 +25,13 @@ from pathlib import Path
 
 import yaml
 
-from ..evaluation import EpisodeResult, parse_method, summarise
+from ..evaluation import EpisodeResult, parse_method
 from ..parameters import NODE_NAME, recorded_topics, resolve_launch_parameters, sim_robot_parameters
 from ..paths import SIM_ROBOT_CONFIG
+from .tasks import TASK_SECONDS
 
 DEMO_EPISODES = (('touch', 6), ('push', 5))   # seeds as in `vla-prune eval`
-CHUNK_STEPS = 8
+GOAL_ALLOWANCE_S = 1.0        # beyond the task's time limit: the goal's start and first inference
 
 
 def ros_environment() -> dict:
@@ -87,6 +90,7 @@ class GoalLog:
     tokens: list[int] = field(default_factory=list)
     flops_ratios: list[float] = field(default_factory=list)
     fine_chunks: int = 0
+    dropped_steps: list[int] = field(default_factory=list)
 
 
 class Client:
@@ -101,7 +105,7 @@ class Client:
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
         from vla_prune_interfaces.action import RunInstruction
-        from vla_prune_interfaces.msg import InferenceStats
+        from vla_prune_interfaces.msg import EpisodeSummary, InferenceStats
         from vla_prune_interfaces.srv import ResetEpisode
 
         rclpy.init()
@@ -114,6 +118,8 @@ class Client:
         self.current: GoalLog | None = None
         self.gif_frames, self.capture = gif_frames, False
         self.node.create_subscription(InferenceStats, 'inference_stats', self._on_stats, 10)
+        self.summary, self.summaries_received = None, 0
+        self.node.create_subscription(EpisodeSummary, 'episode_summary', self._on_summary, 10)
         self.node.create_subscription(Image, 'camera/primary/image_raw', self._on_image, qos_profile_sensor_data)
         # Each goal's instruction is also announced on the instruction topic, so the recording splits
         # into labelled episodes for `vla-prune dataset from-bag` (as an operator's announcement would).
@@ -146,6 +152,20 @@ class Client:
         log.tokens.append(round(sum(msg.layer_tokens) / len(msg.layer_tokens)))
         log.flops_ratios.append(msg.flops / max(msg.flops_unpruned, 1))
         log.fine_chunks += int(msg.controller_mode == 'fine')
+        log.dropped_steps.append(msg.dropped_steps)
+
+    def _on_summary(self, msg) -> None:
+        self.summary = msg
+        self.summaries_received += 1
+
+    def summary_after(self, count: int, timeout: float = 5.0):
+        """The first episode summary received after ``count`` had been (the simulator sends one per tick)."""
+        deadline = time.time() + timeout
+        while self.summaries_received <= count + 1:
+            if time.time() > deadline:
+                raise TimeoutError('no episode_summary from the simulator')
+            time.sleep(0.01)
+        return self.summary
 
     def _on_image(self, msg) -> None:
         if self.capture and self.gif_frames is not None:
@@ -178,24 +198,29 @@ class Client:
         time.sleep(0.3)      # let fresh frames of the new scene reach the node
         return response.instruction
 
-    def set_method(self, method: str) -> None:
+    def set(self, **values) -> None:
+        """Set node parameters live (what ``ros2 param set`` does); a refusal raises with its reason."""
         from rclpy.parameter import Parameter
-        results = self.call(self.params.set_parameters([Parameter('method', value=method)])).results
-        if not results[0].successful:
-            raise RuntimeError(f'method {method} refused: {results[0].reason}')
+        results = self.call(self.params.set_parameters([Parameter(k, value=v) for k, v in values.items()])).results
+        for (name, value), result in zip(values.items(), results):
+            if not result.successful:
+                raise RuntimeError(f'{name}={value} refused: {result.reason}')
+
+    def set_method(self, method: str) -> None:
+        self.set(method=method)
 
     def run_goal(self, instruction: str, method: str, max_chunks: int, timeout_s: float):
         goal = self.RunInstruction.Goal(instruction=instruction, max_chunks=max_chunks)
-        goal.timeout.sec = int(timeout_s)
+        goal.timeout.sec, goal.timeout.nanosec = int(timeout_s), int(round((timeout_s % 1) * 1e9))
         self.current = GoalLog(method, instruction)
         self.instruction_publisher.publish(self.String(data=instruction))
         handle = self.call(self.action.send_goal_async(goal))
         if not handle.accepted:
             raise RuntimeError(f'goal rejected: {instruction!r}')
         result = self.call(handle.get_result_async(), timeout=timeout_s + 30).result
-        time.sleep(0.1)
+        summary = self.summary_after(self.summaries_received)
         log, self.current = self.current, None
-        return result, log
+        return result, log, summary
 
     def close(self) -> dict:
         counts = self.recorder.stop() if self.recorder is not None else {}
@@ -206,8 +231,15 @@ class Client:
 
 
 def run_episodes(plan: list[tuple[str, Path]], episodes: list[tuple[str, int]], out_dir: Path, record: bool,
-                 gif: bool, quiet: bool = False) -> tuple[dict, Path | None, Path | None]:
-    """Run every (method, checkpoint) of ``plan`` on every (task, seed); one node per checkpoint."""
+                 gif: bool, quiet: bool = False, conditions: list[tuple[str, float]] | None = None
+                 ) -> tuple[dict, Path | None, Path | None]:
+    """Run every (method, checkpoint) of ``plan`` on every (task, seed); one node per checkpoint.
+
+    ``conditions``: (execution, added latency s) pairs, each set live on the node (``async+<aggregation>``
+    also sets ``chunk_aggregation``; plain ``async`` is ``latest_only``); the report's keys are the method
+    alone for a single condition, else ``method | execution | +latency s``.
+    """
+    conditions = conditions or [('sync', 0.0)]
     env = ros_environment()
     os.environ.update({k: env[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID')})
     processes = Processes(out_dir, env)
@@ -230,24 +262,15 @@ def run_episodes(plan: list[tuple[str, Path]], episodes: list[tuple[str, int]], 
                 client.recorder.start()
             for method in methods:
                 client.set_method(method)
-                results = []
-                for task, seed in episodes:
-                    instruction = client.reset(task, seed)
-                    if not quiet:
-                        print(f'\n{method} | {task} seed {seed}: "{instruction}"', flush=True)
-                    client.capture = gif and not frames
-                    steps = 60 if task == 'touch' else 120
-                    result, log = client.run_goal(instruction, method, math.ceil(steps / CHUNK_STEPS) + 1,
-                                                  steps * 0.1 + 10)
-                    client.capture = False
-                    success = result.status == client.RunInstruction.Result.STATUS_SUCCEEDED
-                    if not quiet:
-                        print(f'  -> {"SUCCESS" if success else "failed"}: {result.reason}', flush=True)
-                    episode = EpisodeResult(seed, task, instruction, success, result.chunks_executed * CHUNK_STEPS,
-                                            result.chunks_executed, log.latencies, log.tokens, log.flops_ratios,
-                                            log.fine_chunks * CHUNK_STEPS)
-                    results.append(episode)
-                report[method] = {'checkpoint': str(checkpoint), 'episodes': results}
+                for execution, added_latency in conditions:
+                    mode, _, aggregation = execution.partition('+')
+                    client.set(execution=mode, chunk_aggregation=aggregation or 'latest_only',
+                               added_latency=float(added_latency))
+                    label = method if len(conditions) == 1 else f'{method} | {execution} | +{added_latency:g} s'
+                    results = [run_one(client, method, task, seed, gif and not frames, quiet)
+                               for task, seed in episodes]
+                    report[label] = {'method': method, 'execution': execution, 'added_latency_s': added_latency,
+                                     'checkpoint': str(checkpoint), 'episodes': results}
             processes.stop(node_name)
     finally:
         counts = client.close()
@@ -256,6 +279,28 @@ def run_episodes(plan: list[tuple[str, Path]], episodes: list[tuple[str, int]], 
     if bag is not None and not quiet:
         print(f'\nrecorded {sum(counts.values())} messages on {len(counts)} topics to {bag}')
     return report, gif_path, bag
+
+
+def run_one(client: Client, method: str, task: str, seed: int, capture: bool, quiet: bool) -> EpisodeResult:
+    """One episode: reset, one goal with the task's time limit, the simulator's summary of it."""
+    instruction = client.reset(task, seed)
+    if not quiet:
+        print(f'\n{method} | {task} seed {seed}: "{instruction}"', flush=True)
+    client.capture = capture
+    result, log, summary = client.run_goal(instruction, method, 0, TASK_SECONDS[task] + GOAL_ALLOWANCE_S)
+    client.capture = False
+    success = result.status == client.RunInstruction.Result.STATUS_SUCCEEDED
+    if not quiet:
+        print(f'  -> {"SUCCESS" if success else "failed"}: {result.reason}', flush=True)
+    steps = summary.executed_steps + summary.idle_steps
+    chunk = max(steps / max(len(log.latencies), 1), 1.0)      # control steps per inference, for the fine share
+    episode = EpisodeResult(seed, task, instruction, success, steps, result.chunks_executed, log.latencies,
+                            log.tokens, log.flops_ratios, round(log.fine_chunks * chunk))
+    episode.task_time_s = summary.task_time if summary.success else None
+    if summary.boundaries:
+        episode.boundary_jumps = [summary.boundary_jump_sum / summary.boundaries] * summary.boundaries
+    episode.idle_steps, episode.dropped_steps = summary.idle_steps, log.dropped_steps
+    return episode
 
 
 def write_gif(frames: list, path: Path) -> Path:
@@ -269,13 +314,4 @@ def default_plan(methods: list[str], checkpoint: Path) -> list[tuple[str, Path]]
     """(method, checkpoint) per method, chosen as ``vla-prune eval`` chooses them."""
     return [(method, path) for _, method, path in (parse_method(m, checkpoint) for m in methods)]
 
-
-def run_through_ros(methods: list[str], checkpoint: Path, episodes: list[tuple[str, int]], command: str) -> dict:
-    """``vla-prune eval --through-ros``: the eval episodes through the node and the simulator."""
-    out = Path(tempfile.mkdtemp(prefix='vla_prune_eval_'))
-    report, _, _ = run_episodes(default_plan(methods, checkpoint), episodes, out, record=False, gif=False, quiet=True)
-    baseline = report['none']['episodes'] if 'none' in report else None
-    return {'methods': {m: {'method': m, 'checkpoint': r['checkpoint'], **summarise(r['episodes'], baseline)}
-                        for m, r in report.items()},
-            'meta': {'command': command, 'through_ros': True}}
 
