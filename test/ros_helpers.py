@@ -364,7 +364,7 @@ def _publisher_main(argv: list[str]) -> None:
     compressed = [node.create_publisher(CompressedImage, topic + '/compressed', qos_profile_sensor_data)
                   for topic in CAMERA_TOPICS] if args.compressed else []
     state = {'image': ['good', 'good'], 'camera': [True, args.wrist == 'on'], 'joints': args.joints,
-             'age': 0.0, 'seq': 0, 'stamp': 'normal'}
+             'age': 0.0, 'seq': 0, 'stamp': 'normal', 'scene': 'moving'}
     rng = np.random.default_rng(0)
     started = time.monotonic()
     lock = threading.Lock()
@@ -376,7 +376,7 @@ def _publisher_main(argv: list[str]) -> None:
     def image(index, stamp):
         rgb = scenes[index].copy()
         side = max(2, args.size // 8)
-        x = (state['seq'] * 2) % (args.size - side)
+        x = (state['seq'] * 2) % (args.size - side) if state['scene'] == 'moving' else 0
         rgb[:side, x:x + side] = 255
         msg = fill_image_msg(Image(), rgb, 'rgb8' if index == 0 else 'bgr8', stamp=stamp, frame_id=f'camera{index}')
         mode = state['image'][index]
@@ -451,6 +451,8 @@ def _publisher_main(argv: list[str]) -> None:
                     state['joints'] = words[1]
                 elif words[0] == 'age':             # age <seconds>: stamp every message that much in the past
                     state['age'] = float(words[1])  # (negative: in the future)
+                elif words[0] == 'scene':           # scene moving|still: still repeats the same frames
+                    state['scene'] = words[1]
                 elif words[0] == 'stamp':           # stamp zero|normal
                     state['stamp'] = words[1]
                 elif words[0] == 'success':

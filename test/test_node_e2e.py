@@ -94,7 +94,12 @@ def test_goal_publishes_chunks_stats_feedback_and_ends_at_chunk_limit(system):
         assert chunk.header.frame_id == 'base_link'
         stamp = chunk.header.stamp.sec * 1_000_000_000 + chunk.header.stamp.nanosec
         assert stamp in image_stamps
-        assert stat.header.stamp == chunk.header.stamp == trajectory.header.stamp
+        assert stat.header.stamp == chunk.header.stamp
+        # Sync execution: the chunk is due at once, nothing dropped; the trajectory is stamped with its start.
+        assert stat.execution == 'sync' and stat.dropped_steps == 0 and stat.blended_steps == 0
+        assert trajectory.header.stamp == chunk.start_time == stat.start_time
+        start_ns = chunk.start_time.sec * 1_000_000_000 + chunk.start_time.nanosec
+        assert start_ns >= stamp + stat.total_time * 1e9 - 1e3
         # The stats of the same forward pass.
         assert stat.method == 'none' and stat.controller_mode == chunk.controller_mode == 'coarse'
         total = stat.tokens_total       # BOS + patches + proprio + prompt + action placeholders + stop

@@ -21,13 +21,14 @@ at ``t_obs + k * dt`` (never before ``t_pub``). When nothing was executing (a go
 the queue had run dry before the observation) nothing expired: ``k = 0`` and it starts at ``t_pub``.
 
 Overlap aggregation (``chunk_aggregation``), step by step over the steps the new chunk shares with
-the old rest (the published rows after the overlap are the new prediction's own):
+the old rest (a new row meets the queued step due within half a period of it; the published rows
+after the overlap are the new prediction's own):
 
 * ``latest_only``: the new prediction;
 * ``weighted_average``: ``(1 - w) * old + w * new``, ``w = aggregation_weight`` (LeRobot's 0.7);
 * ``temporal_ensemble``: ACT's ``sum_i exp(-m * i) a_i / sum_i exp(-m * i)`` over every prediction
-  ``a_i`` made for that step, ``i = 0`` the oldest, ``m = ensemble_decay`` (kept as a running sum, so a
-  step predicted by three chunks averages all three).
+  ``a_i`` that met in that step, ``i = 0`` the oldest, ``m = ensemble_decay`` (kept as a running sum,
+  so a step predicted by three chunks averages all three).
 
 A replacing chunk (the coarse -> fine flush, a method switch) is never blended.
 """

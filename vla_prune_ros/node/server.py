@@ -225,7 +225,8 @@ class VLAPruneNode(Node):
         self.get_logger().error(reason)
         return self._finish(run, Ending(Result.STATUS_FAILED, reason))
 
-    def _ending(self, run: GoalRun) -> Optional[Ending]:
+    def _ending(self, run: GoalRun, chunk_limit: bool = True) -> Optional[Ending]:
+        """Why the goal ends now, or None; ``chunk_limit=False`` while its last chunk is waited out."""
         goal = run.handle.request
         if not run.active:
             return Ending(Result.STATUS_PREEMPTED, PREEMPTED)
@@ -236,7 +237,7 @@ class VLAPruneNode(Node):
         if self.inputs.success_since(run.started):
             return Ending(Result.STATUS_SUCCEEDED,
                           f'{self.resolve_topic_name(self.parameters.values["success_topic"])} reported success')
-        if goal.max_chunks and run.chunks >= goal.max_chunks:
+        if chunk_limit and goal.max_chunks and run.chunks >= goal.max_chunks:
             return Ending(Result.STATUS_CHUNK_LIMIT, f'executed max_chunks={goal.max_chunks} chunks')
         timeout = messages.duration_to_s(goal.timeout)
         if timeout > 0 and time.monotonic() - run.started >= timeout:
@@ -281,7 +282,7 @@ class VLAPruneNode(Node):
                 self._overheads.append((published - observation.picked_up) - record.timings.get('total', 0.0))
                 run.chunks += 1
                 final = bool(request.max_chunks) and run.chunks >= request.max_chunks
-                last_velocity_stamp, replace = self._pacing.wait(lambda: self._ending(run), published,
+                last_velocity_stamp, replace = self._pacing.wait(lambda: self._ending(run, not final), published,
                                                                  last_velocity_stamp, final)
         except GoalEnded as ended:
             return self._finish(run, ended.ending)
