@@ -21,7 +21,8 @@ def _nodes(context):
     config_dir = os.path.join(get_package_share_directory('vla_prune_ros'), 'config')
     checkpoint = LaunchConfiguration('checkpoint').perform(context) or str(DEFAULT_POLICY)
     parameters = resolve_launch_parameters(LaunchConfiguration('method').perform(context),
-                                           overrides={'checkpoint': checkpoint},
+                                           overrides={'checkpoint': checkpoint,
+                                                      'execution': LaunchConfiguration('execution').perform(context)},
                                            config_files=[os.path.join(config_dir, 'sim_robot.yaml')],
                                            config_dir=config_dir)
     return [Node(package='vla_prune_ros', executable='vla_prune_sim', name='vla_prune_sim', output='screen'),
@@ -34,5 +35,6 @@ def generate_launch_description():
         DeclareLaunchArgument('method', default_value='specprune',
                               description='none | specprune | lightvla | lightvla_star'),
         DeclareLaunchArgument('checkpoint', default_value='', description='default: the bundled policy'),
+        DeclareLaunchArgument('execution', default_value='', description='sync | async (default: the files)'),
         OpaqueFunction(function=_nodes),
     ])

@@ -7,6 +7,9 @@ Thin on purpose: which files are merged and how is ``vla_prune_ros.parameters.re
   config        extra params file merged last (optional)
   robot_config  robot params file (default: config/sim_robot.yaml)
   control_dt, max_input_age   overrides (empty: from the files)
+  execution     sync | async (override; empty: from the files, default sync)
+  dry_run       true: run the model and publish stats, feedback and diagnostics but no chunk (the robot
+                does not move); a safe first run of a new policy
   record        true: also record the node's topics with ``ros2 bag record`` (MCAP; the topic list is
                 ``vla_prune_ros.parameters.recorded_topics``, as ``vla-prune demo`` records)
 """
@@ -30,7 +33,7 @@ def _node(context):
     parameters = resolve_launch_parameters(
         arg('method'),
         overrides={'checkpoint': arg('checkpoint'), 'control_dt': arg('control_dt'),
-                   'max_input_age': arg('max_input_age')},
+                   'max_input_age': arg('max_input_age'), 'execution': arg('execution'), 'dry_run': arg('dry_run')},
         config_files=[arg('robot_config'), arg('config')],
         config_dir=config_dir)
     # The recorded topics follow the resolved parameters (camera and joint topics of the robot config).
@@ -51,6 +54,9 @@ def generate_launch_description():
                               description='robot params file'),
         DeclareLaunchArgument('control_dt', default_value='', description='s between chunk steps (override)'),
         DeclareLaunchArgument('max_input_age', default_value='', description='s before input is stale (override)'),
+        DeclareLaunchArgument('execution', default_value='', description='sync | async (override)'),
+        DeclareLaunchArgument('dry_run', default_value='',
+                              description='true: publish no action_chunk / joint_trajectory (override)'),
         DeclareLaunchArgument('record', default_value='false', description='record the topics to a bag'),
         OpaqueFunction(function=_node),
     ])

@@ -168,6 +168,11 @@ def test_resolve_launch_parameters_merges_in_order(tmp_path):
     assert resolved['specprune.dynamic_keep_ratio'] == 0.6   # user file over specprune.yaml
     assert resolved['specprune.topk_coarse'] == [16, 12]     # from specprune.yaml
     assert resolved['ee_frame'] == 'tool0' and resolved['checkpoint'] == '/ckpt'
+    overridden = nc.resolve_launch_parameters('none', {'execution': 'async', 'dry_run': 'true'},
+                                              [CONFIG / 'sim_robot.yaml'])
+    assert overridden['execution'] == 'async' and overridden['dry_run'] is True
+    with pytest.raises(nc.ParameterError, match='execution'):
+        nc.resolve_launch_parameters('none', {'execution': 'later'})
     star = nc.resolve_launch_parameters('lightvla_star', {}, [])
     assert star['method'] == 'lightvla_star' and star['lightvla.query_mode'] == 'add'
 
@@ -194,7 +199,8 @@ def test_launch_file_is_thin_and_valid_python():
     functions = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
     assert 'generate_launch_description' in functions
     assert 'resolve_launch_parameters' in source
-    for argument in ('method', 'checkpoint', 'config', 'robot_config', 'control_dt', 'max_input_age', 'record'):
+    for argument in ('method', 'checkpoint', 'config', 'robot_config', 'control_dt', 'max_input_age', 'execution',
+                     'dry_run', 'record'):
         assert f"DeclareLaunchArgument('{argument}'" in source, argument
 
 
