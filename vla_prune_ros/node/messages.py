@@ -92,11 +92,15 @@ def result(status: int, reason: str, chunks: int, latencies: Sequence[float], to
 
 def diagnostics(node_name: str, checkpoint: str, stamp: TimeMsg, *, latency: float, period: float,
                 overheads: Sequence[float], method: str, controller_mode: str, device: str, goal_active: bool,
-                chunks_published: int, input_rates) -> DiagnosticArray:
-    """The policy status (WARN when an inference takes longer than a chunk lasts) and the input rates
+                chunks_published: int, input_rates, execution: str = 'sync',
+                dry_run: bool = False) -> DiagnosticArray:
+    """The policy status (WARN when an inference takes longer than a chunk lasts, or in dry_run) and the input rates
     (WARN when a topic is silent)."""
     policy_status = DiagnosticStatus(name=f'{node_name}: policy', hardware_id=str(checkpoint))
-    if math.isfinite(latency) and latency > period:
+    if dry_run:     # say so where an operator looks: the robot is not being driven
+        policy_status.level = DiagnosticStatus.WARN
+        policy_status.message = 'dry_run: publishing no action_chunk or joint_trajectory'
+    elif math.isfinite(latency) and latency > period:
         policy_status.level = DiagnosticStatus.WARN
         policy_status.message = f'inference {latency * 1e3:.1f} ms exceeds the chunk period {period * 1e3:.1f} ms'
     else:
@@ -112,6 +116,7 @@ def diagnostics(node_name: str, checkpoint: str, stamp: TimeMsg, *, latency: flo
         KeyValue(key='controller_mode', value=controller_mode), KeyValue(key='device', value=str(device)),
         KeyValue(key='goal_active', value=str(goal_active).lower()),
         KeyValue(key='chunks_published', value=str(chunks_published)),
+        KeyValue(key='execution', value=execution), KeyValue(key='dry_run', value=str(dry_run).lower()),
         KeyValue(key='last_latency_ms', value=f'{latency * 1e3:.3f}'),
         KeyValue(key='chunk_period_ms', value=f'{period * 1e3:.3f}'),
         KeyValue(key='node_overhead_p50_ms', value=percentile(0.5)),

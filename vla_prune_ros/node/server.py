@@ -19,8 +19,9 @@ optional ``JointTrajectory``, feedback; ``dry_run``: only the stats and feedback
 until ``inference_trigger_steps`` are left, the next chunk then dropping its expired steps and
 blending the overlap; a coarse -> fine switch infers at once and replaces the rest. It ends on
 ``success_topic`` True (SUCCEEDED), ``max_chunks`` (CHUNK_LIMIT), ``timeout`` (TIMEOUT), cancel
-(CANCELED), a newer goal (PREEMPTED) or bad input (FAILED). Goal states: SUCCEEDED and CHUNK_LIMIT end *succeeded*, CANCELED *canceled*, the rest *aborted*; the result's
-``status`` and ``reason`` say which and why.
+(CANCELED), a newer goal (PREEMPTED) or bad input (FAILED). Goal states: SUCCEEDED and CHUNK_LIMIT
+end *succeeded*, CANCELED *canceled*, the rest *aborted*; the result's ``status`` and ``reason`` say
+which and why.
 """
 from __future__ import annotations
 
@@ -369,7 +370,8 @@ class VLAPruneNode(Node):
             latency=self._last_latency, period=self.parameters.value('control_dt') * steps,
             overheads=list(self._overheads), method=self.policy.method.name, controller_mode=self.controller.mode,
             device=str(self.policy.device), goal_active=active, chunks_published=self._chunks_published,
-            input_rates=self.inputs.rates()))
+            input_rates=self.inputs.rates(), execution=self.parameters.value('execution'),
+            dry_run=self.parameters.value('dry_run')))
 
     def shutdown(self) -> None:
         """Stop the running goal (it ends FAILED: node shutting down) and release the action server."""
