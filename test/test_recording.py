@@ -300,8 +300,8 @@ def test_read_bag_without_rclpy(tmp_path):
     bag = tmp_path / 'offline'
     with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         connection = writer.add_connection(CHUNK_TOPIC, ActionChunk.__msgtype__, typestore=typestore)
-        msg = ActionChunk(header=Header(stamp=Time(sec=1, nanosec=2), frame_id='f'), dt=0.1,
-                          dimension_names=['a'], chunk_length=1, action_dim=1,
+        msg = ActionChunk(header=Header(stamp=Time(sec=1, nanosec=2), frame_id='f'), start_time=Time(sec=1, nanosec=2),
+                          dt=0.1, dimension_names=['a'], chunk_length=1, action_dim=1,
                           actions=np.array([3.5]), sequence=7, method='m', controller_mode='fine')
         writer.write(connection, 42, typestore.serialize_cdr(msg, ActionChunk.__msgtype__))
 
