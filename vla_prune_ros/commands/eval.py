@@ -48,6 +48,8 @@ def main(args: argparse.Namespace) -> int:
                                           executions, latencies)
         table, plot = ros_eval.table, ros_eval.plot
     else:
+        if args.execution != 'sync' or args.added_latency != '0':
+            raise SystemExit('--execution and --added-latency need --through-ros (the in-process loop is sync)')
         report = evaluate(args)
     text = table(report)
     print(text)
