@@ -21,7 +21,7 @@ CHUNK = 8
 INSTRUCTION = 'touch the red cube'
 WALL_MINUS_MONOTONIC_NS = time.time_ns() - time.monotonic_ns()
 ASYNC_DEFAULTS = {'execution': 'sync', 'added_latency': 0.0, 'chunk_aggregation': 'latest_only',
-                  'inference_trigger_steps': 0, 'dry_run': False, 'method': 'none'}
+                  'inference_trigger_steps': 0, 'dry_run': False, 'method': 'none', 'control_dt': DT}
 
 
 def ns(stamp) -> int:
@@ -223,6 +223,35 @@ def test_a_preemption_mid_overlap_leaves_no_stale_steps(system, settings):
     timeline = consumer_after(chunks[:newest + 1])
     begins = ns(chunks[newest].start_time)
     assert [s.chunk for s in timeline.steps if s.due_ns >= begins - DT_NS // 2] == [newest] * CHUNK
+
+
+def test_the_coarse_to_fine_flush_infers_at_once_and_replaces_the_rest_in_async(system, settings):
+    client, publisher, _ = system
+    # Chunks of 8 x 0.2 s: without the flush the next inference would come up to 1.4 s later.
+    settings(execution='async', control_dt=0.2, inference_trigger_steps=1, chunk_aggregation='weighted_average')
+    dwell = node_config.load_params_file(SIM_ROBOT_YAML)['controller.min_dwell_time']
+    start = time.monotonic()
+    goal = client.wait_future(client.send_goal(INSTRUCTION, timeout=8.0), 10.0)
+    try:
+        wait_count(client, client.chunks, start, 1)
+        command(publisher, 'joints still')          # the arm stops: coarse -> fine after min_dwell_time
+        stopped = time.time_ns()
+        fine = client.wait_for_message(client.stats, start, lambda s: s.controller_mode == 'fine')
+        assert fine is not None
+    finally:
+        command(publisher, 'joints moving')
+        client.wait_future(goal.cancel_goal_async(), 10.0)
+        client.wait_future(goal.get_result_async(), 20.0)
+    # Inferred at once: from an observation taken within the dwell time (plus input age) of the stop.
+    assert ns(fine.header.stamp) <= stopped + (dwell + 0.25) * 1e9
+    stats, chunks = client.since(client.stats, start), client.since(client.chunks, start)
+    first_fine = next(i for i, s in enumerate(stats) if s.controller_mode == 'fine')
+    assert stats[first_fine].blended_steps == 0                     # replaced, not blended
+    flushed = chunks[first_fine]
+    timeline = consumer_after(chunks[:first_fine + 1])
+    dt_ns = seconds_to_ns(flushed.dt)
+    assert [s.chunk for s in timeline.steps if s.due_ns >= ns(flushed.start_time) - dt_ns // 2] == \
+        [first_fine] * flushed.chunk_length
 
 
 def test_dry_run_publishes_no_chunk(system, settings):
