@@ -13,6 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(parser)
     parser.add_argument('--episodes', type=int, default=50)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seeds', default='',
+                        help='comma-separated scene seeds instead of the plan from --seed/--episodes (tasks in turn)')
     parser.add_argument('--tasks', default='', help='comma-separated task kinds (default: all)')
     parser.add_argument('--image-size', type=int, default=128)
     parser.add_argument('--execute-steps', type=int, default=0, help='steps of each chunk executed (0 = all)')
@@ -43,13 +45,16 @@ def main(args: argparse.Namespace) -> int:
         latencies = [float(value) for value in args.added_latency.split(',')]
         if any(not 0.0 <= value <= 10.0 for value in latencies):
             raise SystemExit('--added-latency: each value must be in [0, 10] s')
-        report = ros_eval.run_through_ros(args.methods.split(','), Path(args.checkpoint),
-                                          episode_plan(tasks, args.episodes, args.seed), args.command,
+        plan = episode_plan(tasks, args.episodes, args.seed)
+        if args.seeds:
+            seeds = [int(seed) for seed in args.seeds.split(',')]
+            plan = [(tasks[i % len(tasks)], seed) for i, seed in enumerate(seeds)]
+        report = ros_eval.run_through_ros(args.methods.split(','), Path(args.checkpoint), plan, args.command,
                                           executions, latencies)
         table, plot = ros_eval.table, ros_eval.plot
     else:
-        if args.execution != 'sync' or args.added_latency != '0':
-            raise SystemExit('--execution and --added-latency need --through-ros (the in-process loop is sync)')
+        if args.execution != 'sync' or args.added_latency != '0' or args.seeds:
+            raise SystemExit('--execution, --added-latency and --seeds need --through-ros (the in-process loop is sync)')
         report = evaluate(args)
     text = table(report)
     print(text)
