@@ -284,3 +284,34 @@ def test_bad_config_names_the_field(change, field):
     with pytest.raises(ConfigError) as error:
         VLAConfig.from_dict(data)
     assert str(error.value).startswith(field)
+
+
+def test_film_conditions_the_vit_on_the_instruction():
+    model, tokenizer = tiny_model_and_tokenizer(vision=dict(image_size=28, film=True))
+    assert VLAConfig.from_dict(model.config.to_dict()).vision.film
+    pixels, proprio, ids = example_inputs(model, tokenizer, INSTRUCTIONS[0])
+    _, _, other_ids = example_inputs(model, tokenizer, INSTRUCTIONS[1])
+    with torch.no_grad():
+        with pytest.raises(ValueError, match='FiLM'):
+            model.encode_images(pixels)
+        language = model.language_embedding(ids)
+        # Zero-initialised FiLM is the identity: the patches are the plain ViT's.
+        plain = [vit.film for vit in model.vision_backbones]
+        for vit in model.vision_backbones:
+            vit.film = None
+        unconditioned = model.encode_images(pixels, language)
+        for vit, film in zip(model.vision_backbones, plain):
+            vit.film = film
+        torch.testing.assert_close(model.encode_images(pixels, language), unconditioned, atol=0, rtol=0)
+        for film in plain:
+            for layer in film:
+                torch.nn.init.normal_(layer.weight, std=0.5)
+        # Trained FiLM: the same pixels give other patches under another instruction.
+        assert (model.encode_images(pixels, language)
+                - model.encode_images(pixels, model.language_embedding(other_ids))).abs().max() > 1e-3
+        # Padding does not enter the language embedding.
+        padded = torch.cat([ids, torch.zeros_like(ids[:, :3])], dim=1)
+        padding = torch.zeros_like(padded, dtype=torch.bool)
+        padding[:, ids.shape[1]:] = True
+        torch.testing.assert_close(model.language_embedding(padded, padding), language)
+    assert model(pixels, proprio, ids).shape == (1, 8, 7)

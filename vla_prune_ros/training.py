@@ -44,11 +44,11 @@ from .pruning import create_method
 
 
 def sim_small_config(vocab_size: int, stats: dict, camera_names: list[str], action_names: list[str],
-                     image_size: int = 112) -> VLAConfig:
+                     image_size: int = 112, film: bool = False) -> VLAConfig:
     """The default policy's shape: one small SigLIP-style ViT, a 4-layer Llama, OFT's token layout."""
     return VLAConfig(
         camera_names=list(camera_names),
-        vision=VisionConfig(image_size=image_size, patch_size=14, backbones=[BackboneConfig(
+        vision=VisionConfig(image_size=image_size, patch_size=14, film=film, backbones=[BackboneConfig(
             type='siglip', hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256)]),
         llm=dict(vocab_size=vocab_size, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-6),
@@ -180,7 +180,7 @@ def train(args: argparse.Namespace) -> Path:
         tokenizer = build_word_tokenizer(prompt_words(OFT_PROMPT,
                                                       sorted({e.instruction for e in episodes})))
         config = sim_small_config(len(tokenizer), stats, meta['camera_names'], meta['action_names'],
-                                  args.image_size)
+                                  args.image_size, film=args.film)
         model = VLAModel(config)
     model.train()
     pruner = None
@@ -336,7 +336,8 @@ def train(args: argparse.Namespace) -> Path:
 @torch.no_grad()
 def pruner_kept_fraction(model: VLAModel, pruner, batch) -> float:
     """Fraction of patches LightVLA's inference rule would keep on this batch's embeddings."""
-    patches = model.encode_images(batch['pixels'])
+    language = model.language_embedding(batch['ids'], batch['padding']) if model.config.vision.film else None
+    patches = model.encode_images(batch['pixels'], language)
     proprio = batch['proprio'] if model.proprio_projector is not None else None
     embeddings = model.embed_sequence(patches, proprio, batch['ids'])
     layout = model.layout(batch['ids'].shape[1] - 1)

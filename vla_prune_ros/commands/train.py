@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--warmup', type=int, default=100)
     parser.add_argument('--lora-rank', type=int, default=0, help='0 = full fine-tuning')
     parser.add_argument('--image-size', type=int, default=112)
+    parser.add_argument('--film', action='store_true',
+                        help='from scratch only: FiLM the ViT with the instruction (OFT+), for language following')
     parser.add_argument('--max-episodes', type=int, default=None)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--cpu', action='store_true', help='force CPU even where CUDA exists')

@@ -86,9 +86,13 @@ class VisionConfig:
     image_size: int = 224
     patch_size: int = 14
     backbones: list[BackboneConfig] = field(default_factory=lambda: [BackboneConfig()])
+    # OFT+'s FiLM: the instruction's mean token embedding scales and shifts every ViT block's output,
+    # so the patches can say "this is the cube the instruction names" before the LLM sees them.
+    film: bool = False
 
     def __post_init__(self):
         _require_type(self.image_size, (int,), 'vision.image_size')
+        _require_type(self.film, (bool,), 'vision.film')
         _require_type(self.patch_size, (int,), 'vision.patch_size')
         _require_type(self.backbones, (list, tuple), 'vision.backbones')
         for backbone in self.backbones:

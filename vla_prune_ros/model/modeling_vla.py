@@ -98,7 +98,8 @@ class TokenLayout:
 class ViTFeatures(nn.Module):
     """One ViT built from a ``transformers`` config; returns patch tokens of its second-to-last block."""
 
-    def __init__(self, backbone: BackboneConfig, image_size: int, patch_size: int, attn_implementation: str):
+    def __init__(self, backbone: BackboneConfig, image_size: int, patch_size: int, attn_implementation: str,
+                 film_dim: int = 0):
         super().__init__()
         self.type = backbone.type
         common = dict(hidden_size=backbone.hidden_size, num_hidden_layers=backbone.num_hidden_layers,
@@ -121,12 +122,24 @@ class ViTFeatures(nn.Module):
             vision_model = Dinov2WithRegistersModel(config)
             self.embeddings, self.blocks = vision_model.embeddings, vision_model.encoder.layer
             self.num_prefix_tokens = 1 + backbone.num_register_tokens   # CLS + registers
+        # FiLM (OFT+): per used block, the language embedding -> (gamma, beta). Zero-initialised, so a
+        # new FiLM model starts as the plain ViT.
+        self.film = None
+        if film_dim:
+            self.film = nn.ModuleList([nn.Linear(film_dim, 2 * backbone.hidden_size)
+                                       for _ in range(backbone.num_hidden_layers - 1)])
+            for layer in self.film:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, language: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.embeddings(pixel_values)
-        for block in self.blocks[:-1]:   # OFT reads the second-to-last block (timm n = depth - 2)
+        for i, block in enumerate(self.blocks[:-1]):   # OFT reads the second-to-last block (timm n = depth - 2)
             hidden = block(hidden, attention_mask=None)
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            if self.film is not None:
+                gamma, beta = self.film[i](language).to(hidden.dtype).unsqueeze(1).chunk(2, dim=-1)
+                hidden = hidden * (1 + gamma) + beta
         return hidden[:, self.num_prefix_tokens:]
 
 
@@ -221,7 +234,8 @@ class VLAModel(nn.Module):
         self.config = config
         vision = config.vision
         self.vision_backbones = nn.ModuleList([
-            ViTFeatures(b, vision.image_size, vision.patch_size, config.attn_implementation)
+            ViTFeatures(b, vision.image_size, vision.patch_size, config.attn_implementation,
+                        film_dim=config.llm['hidden_size'] if vision.film else 0)
             for b in vision.backbones])
         llm_config = LlamaConfig(**config.llm)
         llm_config._attn_implementation = config.attn_implementation
@@ -242,15 +256,27 @@ class VLAModel(nn.Module):
         return TokenLayout(cfg.num_cameras, cfg.vision.patches_per_image, cfg.proprio_dim > 0, prompt_len,
                            cfg.num_actions)
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, cameras * backbones * 3, S, S) normalised pixels -> (B, cameras * patches, llm_dim)."""
+    def language_embedding(self, prompt_ids: torch.Tensor, prompt_padding: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, llm_dim): the mean input embedding of the prompt's non-padding tokens (FiLM's input)."""
+        embeddings = self.llm.embed_tokens(prompt_ids).float()
+        keep = torch.ones(prompt_ids.shape, device=prompt_ids.device) if prompt_padding is None else \
+            (~prompt_padding).float()
+        return (embeddings * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp(min=1.0)
+
+    def encode_images(self, pixel_values: torch.Tensor, language: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, cameras * backbones * 3, S, S) normalised pixels -> (B, cameras * patches, llm_dim);
+        ``language`` (B, llm_dim) from ``language_embedding`` is required with ``vision.film``."""
         batch = pixel_values.shape[0]
         per_camera = 3 * len(self.vision_backbones)
         cameras = pixel_values.shape[1] // per_camera
+        if self.config.vision.film:
+            if language is None:
+                raise ValueError('this model has FiLM (vision.film): encode_images needs the language embedding')
+            language = language.repeat_interleave(cameras, dim=0)
         # Run every camera through the ViTs as one batch.
         stacked = pixel_values.reshape(batch * cameras, per_camera, *pixel_values.shape[2:])
-        features = torch.cat([vit(stacked[:, 3 * i:3 * i + 3]) for i, vit in enumerate(self.vision_backbones)],
-                             dim=-1)
+        features = torch.cat([vit(stacked[:, 3 * i:3 * i + 3], language)
+                              for i, vit in enumerate(self.vision_backbones)], dim=-1)
         features = features.reshape(batch, cameras * features.shape[1], features.shape[2])
         return self.projector(features)
 
@@ -311,7 +337,8 @@ class VLAModel(nn.Module):
         """
         layout = self.layout(prompt_ids.shape[1] - 1)
         clock = _Clock(pixel_values.device, trace)
-        patches = self.encode_images(pixel_values)
+        language = self.language_embedding(prompt_ids, prompt_padding) if self.config.vision.film else None
+        patches = self.encode_images(pixel_values, language)
         clock.lap('vision')
         embeddings = self.embed_sequence(patches, proprio, prompt_ids)
         key_padding = None
