@@ -54,7 +54,8 @@ def main(args: argparse.Namespace) -> int:
         table, plot = ros_eval.table, ros_eval.plot
     else:
         if args.execution != 'sync' or args.added_latency != '0' or args.seeds:
-            raise SystemExit('--execution, --added-latency and --seeds need --through-ros (the in-process loop is sync)')
+            raise SystemExit('--execution, --added-latency and --seeds need --through-ros '
+                             '(the in-process loop is sync)')
         report = evaluate(args)
     text = table(report)
     print(text)
