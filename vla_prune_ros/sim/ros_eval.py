@@ -37,7 +37,15 @@ def run_through_ros(methods: list[str], checkpoint: Path, episodes: list[tuple[s
         rows[label].update(summarise(entry['episodes'], baseline))
         rows[label].update(execution_measures(entry['episodes']))
     return {'methods': rows, 'meta': {'command': command, 'through_ros': True, 'logs': str(out),
-                                      'episodes': [list(e) for e in episodes]}}
+                                      'episodes': [list(e) for e in episodes],
+                                      'chunk_seconds': chunk_seconds(checkpoint)}}
+
+
+def chunk_seconds(checkpoint: Path) -> float:
+    """How long one chunk of the policy lasts on the simulated arm (chunk length x control_dt)."""
+    from ..model.checkpoint import load_config
+    from ..parameters import sim_robot_parameters
+    return load_config(checkpoint).chunk_len * float(sim_robot_parameters()['control_dt'])
 
 
 def execution_measures(episodes) -> dict:
@@ -74,14 +82,25 @@ def plot(report: dict, path: Path) -> None:
     series: dict[tuple[str, str], list] = {}
     for row in report['methods'].values():
         series.setdefault((row['method'], row['execution']), []).append(row)
+    styles = {'sync': ('--', 's'), 'async': ('-', 'o'), 'async+weighted_average': ('-.', '^'),
+              'async+temporal_ensemble': (':', 'D')}
     for (method, execution), rows in series.items():
         rows.sort(key=lambda r: r['added_latency_s'])
         latencies = [r['added_latency_s'] for r in rows]
-        style = '-o' if execution == 'async' else '--s'
+        line, marker = styles.get(execution, ('-', 'x'))
         label = f'{method} {execution}'
-        time_axis.plot(latencies, [np.nan if r['mean_task_time_s'] is None else r['mean_task_time_s'] for r in rows],
-                       style, label=label)
-        idle_axis.plot(latencies, [r['idle_fraction'] for r in rows], style, label=label)
+        times = [np.nan if r['mean_task_time_s'] is None else r['mean_task_time_s'] for r in rows]
+        time_axis.plot(latencies, times, linestyle=line, marker=marker, label=label)
+        idle_axis.plot(latencies, [r['idle_fraction'] for r in rows], linestyle=line, marker=marker, label=label)
+    chunk = report['meta'].get('chunk_seconds')
+    if chunk:       # what sync idles when every chunk waits for one inference
+        measured = sorted({(r['added_latency_s'], r['mean_latency_ms'] / 1000) for r in report['methods'].values()
+                           if r['execution'] == 'sync' and r['mean_latency_ms'] is not None})
+        if measured:
+            idle_axis.plot([a for a, _ in measured], [lat / (chunk + lat) for _, lat in measured], color='grey',
+                           linewidth=1, label=f'latency / ({chunk:g} s chunk + latency)')
+    if not any(r['mean_task_time_s'] is not None for r in report['methods'].values()):
+        time_axis.text(0.5, 0.5, 'no successful episode', ha='center', va='center', transform=time_axis.transAxes)
     time_axis.set_ylabel('mean task time of successes (s)')
     idle_axis.set_ylabel('idle fraction (nothing due)')
     for axis in (time_axis, idle_axis):
