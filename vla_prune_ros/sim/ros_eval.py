@@ -36,6 +36,10 @@ def run_through_ros(methods: list[str], checkpoint: Path, episodes: list[tuple[s
         rows[label] = {key: entry[key] for key in ('method', 'execution', 'added_latency_s', 'checkpoint')}
         rows[label].update(summarise(entry['episodes'], baseline))
         rows[label].update(execution_measures(entry['episodes']))
+        rows[label]['per_episode'] = [{'task': e.task, 'seed': e.seed, 'success': e.success,
+                                       'task_time_s': e.task_time_s, 'control_steps': e.steps,
+                                       'idle_steps': e.idle_steps}
+                                      for e in entry['episodes']]
     return {'methods': rows, 'meta': {'command': command, 'through_ros': True, 'logs': str(out),
                                       'episodes': [list(e) for e in episodes],
                                       'chunk_seconds': chunk_seconds(checkpoint)}}
