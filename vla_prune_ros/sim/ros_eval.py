@@ -94,7 +94,11 @@ def plot(report: dict, path: Path) -> None:
         line, marker = styles.get(execution, ('-', 'x'))
         label = f'{method} {execution}'
         times = [np.nan if r['mean_task_time_s'] is None else r['mean_task_time_s'] for r in rows]
-        time_axis.plot(latencies, times, linestyle=line, marker=marker, label=label)
+        drawn = time_axis.plot(latencies, times, linestyle=line, marker=marker, label=label)[0]
+        for latency, value, row in zip(latencies, times, rows):     # a mean over successes: say how many
+            if not np.isnan(value):
+                time_axis.annotate(f"{row['successes']}/{row['episodes']}", (latency, value), fontsize=7,
+                                   color=drawn.get_color(), textcoords='offset points', xytext=(4, 4))
         idle_axis.plot(latencies, [r['idle_fraction'] for r in rows], linestyle=line, marker=marker, label=label)
     chunk = report['meta'].get('chunk_seconds')
     if chunk:       # what sync idles when every chunk waits for one inference
@@ -105,7 +109,7 @@ def plot(report: dict, path: Path) -> None:
                            linewidth=1, label=f'latency / ({chunk:g} s chunk + latency)')
     if not any(r['mean_task_time_s'] is not None for r in report['methods'].values()):
         time_axis.text(0.5, 0.5, 'no successful episode', ha='center', va='center', transform=time_axis.transAxes)
-    time_axis.set_ylabel('mean task time of successes (s)')
+    time_axis.set_ylabel('mean task time of successes (s); n/N solved')
     idle_axis.set_ylabel('idle fraction (nothing due)')
     for axis in (time_axis, idle_axis):
         axis.set_xlabel(LATENCY_LABEL)
