@@ -1,26 +1,48 @@
 #!/usr/bin/env bash
-# Reproduce the bundled policies (vla_prune_ros/assets/policies/{default,lightvla}) on a CPU.
-#   scripts/train_default_policy.sh [WORKDIR]     (default: runs/policy)
-# 1. 600 scripted-expert demonstrations of the simulated tabletop tasks (touch / push),
-# 2. the default policy trained from scratch (sim-small preset, L1 on action chunks) in two stages,
-#    the second a lower-learning-rate continuation; --max-minutes caps each stage's wall time,
-#    and training_args.json in each checkpoint records the steps actually done,
-# 3. the LightVLA variant: the default policy fine-tuned with LightVLA's selection in the loop.
+# Rebuild the bundled policies (vla_prune_ros/assets/policies/{default,lightvla}) from scratch on a CPU.
+#   scripts/train_default_policy.sh [WORKDIR]   (default: runs/policy; BUNDLE=1 copies the results into
+#                                                the package's assets; THREADS=N torch threads, default 1)
+# Stages, each skipped when its output is complete, so re-running the same command resumes; a training
+# stage continues from its OUT/resume.pt (the full state, written every 4 minutes), so a run split
+# across sittings ends where an unbroken one would:
+# 1. demos:    2000 scripted-expert episodes (seeded random start pose, DART-perturbed execution,
+#              privileged targets and camera geometry for the training-only losses),
+# 2. base:     the default policy from scratch: sim-small preset with FiLM (OFT+), L1 on chunks plus
+#              the target-position and pointing losses, EMA weights, bf16 autocast,
+# 3. lightvla: `base` fine-tuned with LightVLA's differentiable selection in the loop.
+# Wall time on the 2-core development CPU: see benchmarks/README.md ("The bundled policy").
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${1:-$ROOT/runs/policy}"
 VLA="$ROOT/.venv/bin/vla-prune"
+THREADS="${THREADS:-1}"
 mkdir -p "$WORK"
-time "$VLA" collect "$WORK/demos" --episodes 600 --noise-std 0.002
-time "$VLA" train --data "$WORK/demos" --out "$WORK/stage1" --steps 4000 --batch-size 32 --lr 7e-4 --warmup 200 \
-  --max-minutes 40
-time "$VLA" train --data "$WORK/demos" --init "$WORK/stage1" --out "$WORK/default" --steps 3500 --batch-size 32 \
-  --lr 3e-4 --warmup 50 --max-minutes 24
-time "$VLA" train --data "$WORK/demos" --init "$WORK/default" --out "$WORK/lightvla" --method lightvla \
-  --steps 600 --batch-size 32 --lr 2e-4 --warmup 50 --max-minutes 9
-for name in default lightvla; do
-  rm -rf "$ROOT/vla_prune_ros/assets/policies/$name"
-  mkdir -p "$ROOT/vla_prune_ros/assets/policies"
-  cp -r "$WORK/$name" "$ROOT/vla_prune_ros/assets/policies/$name"
-done
-echo "bundled: vla_prune_ros/assets/policies/{default,lightvla}"
+
+collect() {   # collect NAME ARGS...: written to NAME.partial, renamed when complete
+  local name=$1; shift
+  [ -f "$WORK/$name/meta.json" ] && { echo "[policy] $name: done"; return; }
+  rm -rf "$WORK/$name.partial"
+  time "$VLA" collect "$WORK/$name.partial" "$@"
+  mv "$WORK/$name.partial" "$WORK/$name"
+}
+train() {     # train NAME ARGS...: resumes from NAME/resume.pt; complete once training_args.json exists
+  local name=$1; shift
+  [ -f "$WORK/$name/training_args.json" ] && { echo "[policy] $name: done"; return; }
+  time "$VLA" train --out "$WORK/$name" --threads "$THREADS" --batch-size 32 --bf16 --checkpoint-minutes 4 "$@"
+}
+
+collect demos --episodes 2000 --perturb-std 0.004 --seed 300000
+train base --data "$WORK/demos" --film --steps 4200 --lr 7e-4 --warmup 200 --ema 0.999 \
+  --aux-weight 0.5 --pointing-weight 1.0 --pointing-layer 2
+train lightvla --init "$WORK/base" --data "$WORK/demos" --method lightvla --steps 600 --lr 2e-4 --warmup 50 \
+  --ema 0.99
+echo "evaluate: $VLA eval --methods none,specprune,lightvla=$WORK/lightvla --checkpoint $WORK/base --episodes 100"
+if [ "${BUNDLE:-0}" = 1 ]; then
+  for pair in base:default lightvla:lightvla; do
+    rm -rf "$ROOT/vla_prune_ros/assets/policies/${pair#*:}"
+    mkdir -p "$ROOT/vla_prune_ros/assets/policies/${pair#*:}"
+    cp "$WORK/${pair%%:*}"/{config.json,dataset_statistics.json,model.safetensors,tokenizer.json,tokenizer_config.json,training_args.json} \
+      "$ROOT/vla_prune_ros/assets/policies/${pair#*:}/"
+  done
+  echo "bundled: vla_prune_ros/assets/policies/{default,lightvla}"
+fi
