@@ -1,15 +1,19 @@
-"""The bundled default policy loads, is small, and completes easy episodes of the simulated suite."""
+"""The bundled policies load, are small, and solve closed-loop episodes of the simulated suite."""
 import numpy as np
 import pytest
 
 from vla_prune_ros.control.controller import CoarseFineController
-from vla_prune_ros.evaluation import run_episode, sim_controller_config
+from vla_prune_ros.evaluation import episode_plan, run_episode, sim_controller_config
 from vla_prune_ros.paths import DEFAULT_POLICY, LIGHTVLA_POLICY
 from vla_prune_ros.control.kinematics import EndEffectorVelocity
 from vla_prune_ros.policy import VLAPolicy
 from vla_prune_ros.sim.env import TabletopEnv
 
-EASY_TOUCH_SEEDS = (6, 16)    # seeds of `vla-prune eval` (seed 0) that the shipped policy solves
+# Ten fixed touch scenes, chosen before the policies were trained and never tuned on. The bundled
+# policies are still weak (about a third of touch episodes, no push; benchmarks/eval_sim.md), so this
+# guards what they do today, not the issue's 8-of-10 target, which they do not reach.
+SHIPPED_EPISODES = episode_plan(['touch'], 10, 5150)
+SHIPPED_MIN_SOLVED = 1   # measured: default 1 of 10, lightvla 2 of 10
 
 
 @pytest.mark.parametrize('directory', [DEFAULT_POLICY, LIGHTVLA_POLICY])
@@ -25,10 +29,12 @@ def test_bundled_policy_is_a_small_self_contained_checkpoint(directory):
     assert out.actions.shape == (8, 7) and np.all(np.isfinite(out.actions))
 
 
-def test_default_policy_completes_an_easy_episode():
-    policy = VLAPolicy.from_checkpoint(DEFAULT_POLICY)
+@pytest.mark.parametrize('directory, method', [(DEFAULT_POLICY, 'none'), (LIGHTVLA_POLICY, 'lightvla')])
+def test_shipped_policy_solves_fixed_touch_episodes(directory, method):
+    policy = VLAPolicy.from_checkpoint(directory, method=method)
     with TabletopEnv() as env:
         kinematics = EndEffectorVelocity(env.urdf_xml, env.tcp_frame, [f'joint{i}' for i in range(1, 7)])
         results = [run_episode(env, policy, kinematics, CoarseFineController(sim_controller_config()),
-                               'touch', seed, execute_steps=8) for seed in EASY_TOUCH_SEEDS]
-    assert any(r.success for r in results), [(r.seed, r.steps) for r in results]
+                               task, seed, execute_steps=8) for task, seed in SHIPPED_EPISODES]
+    solved = [(r.task, r.seed) for r in results if r.success]
+    assert len(solved) >= SHIPPED_MIN_SOLVED, f'{method}: solved only {solved}'
