@@ -136,6 +136,16 @@ class Process:
         return self.popen.returncode
 
 
+def launch_params_file(directory: Path, method: str, arguments: dict) -> Path:
+    """The params file the launch file would hand the node: ``arguments`` over the sim robot config."""
+    import yaml
+    from vla_prune_ros import parameters as node_config
+    params = node_config.resolve_launch_parameters(method, arguments, [SIM_ROBOT_YAML])
+    path = directory / 'params.yaml'
+    path.write_text(yaml.safe_dump({node_config.NODE_NAME: {'ros__parameters': params}}))
+    return path
+
+
 def _ros_arg(value) -> str:
     if isinstance(value, bool):
         return 'true' if value else 'false'

@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 import pytest
-import yaml
 
-from ros_helpers import SIM_ROBOT_YAML, RosClient, command, domain_id, make_checkpoint, start_node, start_publisher
+from ros_helpers import (SIM_ROBOT_YAML, RosClient, command, domain_id, launch_params_file, make_checkpoint, start_node,
+                         start_publisher)
 from vla_prune_ros import parameters as node_config
 from vla_prune_ros.control.chunk_queue import ActionTimeline, seconds_to_ns
 
@@ -32,10 +32,8 @@ def ns(stamp) -> int:
 def system(tmp_path_factory):
     directory = tmp_path_factory.mktemp('async')
     checkpoint = make_checkpoint(directory / 'tiny')
-    params = node_config.resolve_launch_parameters(
-        'none', {'checkpoint': str(checkpoint), 'control_dt': str(DT), 'max_input_age': '3.0'}, [SIM_ROBOT_YAML])
-    params_file = directory / 'params.yaml'
-    params_file.write_text(yaml.safe_dump({node_config.NODE_NAME: {'ros__parameters': params}}))
+    params_file = launch_params_file(directory, 'none', {'checkpoint': str(checkpoint), 'control_dt': str(DT),
+                                                         'max_input_age': '3.0'})
     publisher = start_publisher(DOMAIN, rate=30.0, size=64)
     node = start_node(DOMAIN, {'device': 'cpu', 'torch_threads': 1, 'publish_joint_trajectory': True},
                       params_files=[params_file])

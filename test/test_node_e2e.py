@@ -11,12 +11,12 @@ import time
 
 import numpy as np
 import pytest
-import yaml
 from action_msgs.msg import GoalStatus
 from diagnostic_msgs.msg import DiagnosticStatus
 
 from ros_helpers import (ARM_JOINTS, FINGER_JOINTS, FINGER_POSITION, HOME_JOINTS, JOINT1_SPEED, SIM_ROBOT_YAML,
-                         RosClient, command, domain_id, make_checkpoint, start_node, start_publisher)
+                         RosClient, command, domain_id, launch_params_file, make_checkpoint, start_node,
+                         start_publisher)
 from vla_prune_ros import parameters as node_config
 from vla_prune_ros.model.checkpoint import load_config
 
@@ -32,13 +32,10 @@ def system(tmp_path_factory):
     checkpoint = make_checkpoint(directory / 'tiny')
     # The parameters as the launch file resolves them (none.yaml + sim_robot.yaml + arguments),
     # written as a params file the way a launch description hands them to the node.
-    params = node_config.resolve_launch_parameters(
-        # Generous max_input_age: staleness is tested in test_node_bad_input; here a loaded CI
-        # machine stalling the node for a moment must not abort the goal under test.
-        'none', {'checkpoint': str(checkpoint), 'control_dt': str(CONTROL_DT), 'max_input_age': '3.0'},
-        [SIM_ROBOT_YAML])
-    params_file = directory / 'params.yaml'
-    params_file.write_text(yaml.safe_dump({node_config.NODE_NAME: {'ros__parameters': params}}))
+    # Generous max_input_age: staleness is tested in test_node_bad_input; here a loaded CI
+    # machine stalling the node for a moment must not abort the goal under test.
+    params_file = launch_params_file(directory, 'none', {'checkpoint': str(checkpoint),
+                                                         'control_dt': str(CONTROL_DT), 'max_input_age': '3.0'})
     publisher = start_publisher(DOMAIN, rate=30.0, size=64)
     node = start_node(DOMAIN, {'device': 'cpu', 'torch_threads': 1, 'publish_joint_trajectory': True},
                       params_files=[params_file])

@@ -5,10 +5,8 @@ import sys
 import threading
 
 import pytest
-import yaml
 
-from ros_helpers import SIM_ROBOT_YAML, Process, RosClient, domain_id, make_checkpoint, ros_env, start_node
-from vla_prune_ros import parameters as node_config
+from ros_helpers import Process, RosClient, domain_id, launch_params_file, make_checkpoint, ros_env, start_node
 
 DOMAIN = domain_id(__name__)
 LATENCY = 0.3
@@ -22,10 +20,7 @@ def system(tmp_path_factory):
     from vla_prune_interfaces.srv import ResetEpisode
     directory = tmp_path_factory.mktemp('sim_async')
     checkpoint = make_checkpoint(directory / 'tiny')
-    params = node_config.resolve_launch_parameters(
-        'none', {'checkpoint': str(checkpoint), 'max_input_age': '3.0'}, [SIM_ROBOT_YAML])
-    params_file = directory / 'params.yaml'
-    params_file.write_text(yaml.safe_dump({node_config.NODE_NAME: {'ros__parameters': params}}))
+    params_file = launch_params_file(directory, 'none', {'checkpoint': str(checkpoint), 'max_input_age': '3.0'})
     sim = Process([sys.executable, '-m', 'vla_prune_ros.sim.sim_node', '--ros-args', '-p', 'image_size:=64'],
                   ros_env(DOMAIN))
     node = start_node(DOMAIN, {'device': 'cpu', 'torch_threads': 1, 'added_latency': LATENCY},
