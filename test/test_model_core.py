@@ -294,24 +294,23 @@ def test_film_conditions_the_vit_on_the_instruction():
     with torch.no_grad():
         with pytest.raises(ValueError, match='FiLM'):
             model.encode_images(pixels)
-        language = model.language_embedding(ids)
         # Zero-initialised FiLM is the identity: the patches are the plain ViT's.
         plain = [vit.film for vit in model.vision_backbones]
         for vit in model.vision_backbones:
             vit.film = None
-        unconditioned = model.encode_images(pixels, language)
+        unconditioned = model.encode_images(pixels, ids)
         for vit, film in zip(model.vision_backbones, plain):
             vit.film = film
-        torch.testing.assert_close(model.encode_images(pixels, language), unconditioned, atol=0, rtol=0)
+        torch.testing.assert_close(model.encode_images(pixels, ids), unconditioned, atol=0, rtol=0)
         for film in plain:
             for layer in film:
                 torch.nn.init.normal_(layer.weight, std=0.5)
         # Trained FiLM: the same pixels give other patches under another instruction.
-        assert (model.encode_images(pixels, language)
-                - model.encode_images(pixels, model.language_embedding(other_ids))).abs().max() > 1e-3
+        assert (model.encode_images(pixels, ids) - model.encode_images(pixels, other_ids)).abs().max() > 1e-3
         # Padding does not enter the language embedding.
         padded = torch.cat([ids, torch.zeros_like(ids[:, :3])], dim=1)
         padding = torch.zeros_like(padded, dtype=torch.bool)
         padding[:, ids.shape[1]:] = True
-        torch.testing.assert_close(model.language_embedding(padded, padding), language)
+        torch.testing.assert_close(model.language_embedding(padded, padding), model.language_embedding(ids))
+        torch.testing.assert_close(model.encode_images(pixels, padded, padding), model.encode_images(pixels, ids))
     assert model(pixels, proprio, ids).shape == (1, 8, 7)

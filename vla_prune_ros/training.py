@@ -257,11 +257,9 @@ def train(args: argparse.Namespace) -> Path:
         torch.save(state, out / 'resume.pt.tmp')
         (out / 'resume.pt.tmp').replace(resume_path)   # atomic: a kill mid-write leaves the old state
         # What the run would save now, loadable while it trains (probes, learning curves).
-        latest = out / 'latest'
         if args.lora_rank:
             return   # unmerged adapters are not a loadable policy
-        save_checkpoint((ema.module if ema is not None else core).eval(), tokenizer, latest, stats)
-        core.train()
+        latest = save_checkpoint(ema.module if ema is not None else core, tokenizer, out / 'latest', stats)
         (latest / 'progress.json').write_text(json.dumps({'step': step, 'wall_time_s': state['wall_time_s']}))
 
     progress = tqdm(range(first_step, args.steps), desc='train', disable=not accelerator.is_main_process,
@@ -336,8 +334,7 @@ def train(args: argparse.Namespace) -> Path:
 @torch.no_grad()
 def pruner_kept_fraction(model: VLAModel, pruner, batch) -> float:
     """Fraction of patches LightVLA's inference rule would keep on this batch's embeddings."""
-    language = model.language_embedding(batch['ids'], batch['padding']) if model.config.vision.film else None
-    patches = model.encode_images(batch['pixels'], language)
+    patches = model.encode_images(batch['pixels'], batch['ids'], batch['padding'])
     proprio = batch['proprio'] if model.proprio_projector is not None else None
     embeddings = model.embed_sequence(patches, proprio, batch['ids'])
     layout = model.layout(batch['ids'].shape[1] - 1)

@@ -263,16 +263,18 @@ class VLAModel(nn.Module):
             (~prompt_padding).float()
         return (embeddings * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp(min=1.0)
 
-    def encode_images(self, pixel_values: torch.Tensor, language: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_images(self, pixel_values: torch.Tensor, prompt_ids: torch.Tensor | None = None,
+                      prompt_padding: torch.Tensor | None = None) -> torch.Tensor:
         """(B, cameras * backbones * 3, S, S) normalised pixels -> (B, cameras * patches, llm_dim);
-        ``language`` (B, llm_dim) from ``language_embedding`` is required with ``vision.film``."""
+        with ``vision.film`` the prompt (as ``forward`` takes it) conditions the ViT, so it is required."""
         batch = pixel_values.shape[0]
         per_camera = 3 * len(self.vision_backbones)
         cameras = pixel_values.shape[1] // per_camera
+        language = None
         if self.config.vision.film:
-            if language is None:
-                raise ValueError('this model has FiLM (vision.film): encode_images needs the language embedding')
-            language = language.repeat_interleave(cameras, dim=0)
+            if prompt_ids is None:
+                raise ValueError('this model has FiLM (vision.film): encode_images needs the prompt ids')
+            language = self.language_embedding(prompt_ids, prompt_padding).repeat_interleave(cameras, dim=0)
         # Run every camera through the ViTs as one batch.
         stacked = pixel_values.reshape(batch * cameras, per_camera, *pixel_values.shape[2:])
         features = torch.cat([vit(stacked[:, 3 * i:3 * i + 3], language)
@@ -337,8 +339,7 @@ class VLAModel(nn.Module):
         """
         layout = self.layout(prompt_ids.shape[1] - 1)
         clock = _Clock(pixel_values.device, trace)
-        language = self.language_embedding(prompt_ids, prompt_padding) if self.config.vision.film else None
-        patches = self.encode_images(pixel_values, language)
+        patches = self.encode_images(pixel_values, prompt_ids, prompt_padding)
         clock.lap('vision')
         embeddings = self.embed_sequence(patches, proprio, prompt_ids)
         key_padding = None
