@@ -314,30 +314,3 @@ def test_film_conditions_the_vit_on_the_instruction():
         torch.testing.assert_close(model.language_embedding(padded, padding), model.language_embedding(ids))
         torch.testing.assert_close(model.encode_images(pixels, padded, padding), model.encode_images(pixels, ids))
     assert model(pixels, proprio, ids).shape == (1, 8, 7)
-
-
-
-def test_a_new_vit_starts_from_2d_sincos_patch_positions():
-    # Both backbone types start their position table at the 2-D sine-cosine one (see
-    # _init_sincos_positions): similarity between two patches' positions then depends only on their
-    # offset in the image, which the default random table does not give.
-    from vla_prune_ros.model.modeling_vla import sincos_position_table
-    model, _ = tiny_model_and_tokenizer(vision=dict(image_size=56))
-    grid = 56 // model.config.vision.patch_size
-    types = set()
-    for vit, backbone in zip(model.vision_backbones, model.config.vision.backbones):
-        types.add(backbone.type)
-        embeddings = vit.embeddings
-        table = (embeddings.position_embedding.weight if hasattr(embeddings, 'position_embedding')
-                 else embeddings.position_embeddings[0, 1:]).detach().double()
-        reference = sincos_position_table(grid, table.shape[1]).double()
-        scale = (table * reference).sum() / (reference * reference).sum()
-        torch.testing.assert_close(table, scale * reference, atol=1e-6, rtol=0)
-        gram = (table @ table.T).numpy()
-        by_offset = {}
-        for i in range(grid * grid):
-            for j in range(grid * grid):
-                offset = (i // grid - j // grid, i % grid - j % grid)
-                by_offset.setdefault(offset, []).append(gram[i, j])
-        assert max(np.ptp(values) for values in by_offset.values()) < 1e-6
-    assert types == {'siglip', 'dinov2_reg'}

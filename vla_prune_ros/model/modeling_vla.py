@@ -122,7 +122,6 @@ class ViTFeatures(nn.Module):
             vision_model = Dinov2WithRegistersModel(config)
             self.embeddings, self.blocks = vision_model.embeddings, vision_model.encoder.layer
             self.num_prefix_tokens = 1 + backbone.num_register_tokens   # CLS + registers
-        _init_sincos_positions(self.embeddings, image_size // patch_size, self.num_prefix_tokens)
         # FiLM (OFT+): per used block, the language embedding -> (gamma, beta). Zero-initialised, so a
         # new FiLM model starts as the plain ViT.
         self.film = None
@@ -142,37 +141,6 @@ class ViTFeatures(nn.Module):
                 gamma, beta = self.film[i](language).to(hidden.dtype).unsqueeze(1).chunk(2, dim=-1)
                 hidden = hidden * (1 + gamma) + beta
         return hidden[:, self.num_prefix_tokens:]
-
-
-def sincos_position_table(grid: int, dim: int) -> torch.Tensor:
-    """(grid * grid, dim) 2-D sine-cosine positions, row-major: half the channels encode the row, half the
-    column, at geometric frequencies (as MAE's fixed embeddings)."""
-    quarter = dim // 4
-    frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / max(quarter, 1))
-    rows, columns = torch.meshgrid(torch.arange(grid, dtype=torch.float64),
-                                   torch.arange(grid, dtype=torch.float64), indexing='ij')
-    parts = []
-    for coordinate in (rows.reshape(-1), columns.reshape(-1)):
-        angles = coordinate[:, None] * frequencies[None]
-        parts += [angles.sin(), angles.cos()]
-    table = torch.cat(parts, dim=1)
-    return torch.nn.functional.pad(table, (0, dim - table.shape[1])).float()
-
-
-@torch.no_grad()
-def _init_sincos_positions(embeddings: nn.Module, grid: int, prefix_tokens: int) -> None:
-    """Start the learned position table at 2-D sine-cosine values (at the default init's scale), so a
-    patch's place in the image is linearly readable from the first step: a from-scratch policy must
-    turn "the target is in this patch" into where to move, and random positions left that slow to
-    learn. Only the starting point changes; the table stays a trained parameter, and a checkpoint
-    overwrites it."""
-    dim = embeddings.config.hidden_size
-    table = sincos_position_table(grid, dim)
-    table = table * (dim ** -0.5 / table.std())
-    if hasattr(embeddings, 'position_embedding'):          # SigLIP: nn.Embedding over the patches
-        embeddings.position_embedding.weight.copy_(table)
-    else:                                                  # DINOv2: (1, prefix + patches, dim), CLS first
-        embeddings.position_embeddings[0, prefix_tokens - embeddings.config.num_register_tokens:].copy_(table)
 
 
 class Projector(nn.Module):
