@@ -3,14 +3,17 @@
     .venv/bin/python benchmarks/grounding_probe.py CHECKPOINT [CHECKPOINT...] --scenes 20 --seed 9100 \
         --json benchmarks/grounding_probe.json
 
-At the home pose the proprio is the same in every scene, so only the images and the instruction
-can tell the policy where to go. Per checkpoint, over fresh seeded touch scenes:
+At the start pose (home plus a small random offset) the proprio says nothing about the target, so
+only the images and the instruction can tell the policy where to go. Per checkpoint, over fresh seeded touch scenes:
   first_step_error_mm    |policy - expert| of the first step's translation,
   expert_spread_mm       how much the expert's first step varies across scenes (the scale to beat;
                          a policy that ignores the scene scores about this as its error),
   instruction_effect_mm  how much the first step changes when only the cube colour in the
                          instruction changes (0 = language ignored),
-  scene_effect_mm        how much it changes across scenes for the same instruction.
+  scene_effect_mm        how much it changes across scenes for the same instruction,
+  heads_for_target       the fraction of scenes whose first chunk (summed xy motion) points closer to
+                         the target cube than to either distractor (chance: 1/3),
+  heading_error_deg      the median angle between that motion and the direction to the target cube.
 """
 from __future__ import annotations
 
@@ -28,14 +31,20 @@ from vla_prune_ros.sim.expert import ScriptedExpert
 
 def probe(checkpoint: str, env: TabletopEnv, scenes: int, seed: int) -> dict:
     policy = VLAPolicy.from_checkpoint(checkpoint)
-    errors, experts, instruction_effects, firsts = [], [], [], []
+    errors, experts, instruction_effects, firsts, hits, angles = [], [], [], [], [], []
     for i in range(scenes):
         obs = env.reset(task='touch', seed=seed + i)
         expert_step = ScriptedExpert(env).act(obs)[:3]
         images = [obs.images[name] for name in policy.config.camera_names]
-        first = {colour: policy.infer(images, obs.proprio, f'touch the {colour} cube', mode='fine').actions[0, :3]
-                 for colour in env.task.cube_colours}
+        chunks = {colour: policy.infer(images, obs.proprio, f'touch the {colour} cube', mode='fine').actions
+                  for colour in env.task.cube_colours}
+        first = {colour: chunk[0, :3] for colour, chunk in chunks.items()}
         own = first[env.task.target_cube]
+        motion = chunks[env.task.target_cube][:, :2].sum(axis=0)
+        tcp = env.tcp_pose()[0][:2]
+        cosines = [_cosine(motion, env.cube_position(colour)[:2] - tcp) for colour in env.task.cube_colours]
+        hits.append(int(np.argmax(cosines)) == env.task.cube_colours.index(env.task.target_cube))
+        angles.append(np.degrees(np.arccos(np.clip(cosines[env.task.cube_colours.index(env.task.target_cube)], -1, 1))))
         errors.append(np.linalg.norm(own - expert_step))
         experts.append(expert_step)
         firsts.append(own)
@@ -46,7 +55,12 @@ def probe(checkpoint: str, env: TabletopEnv, scenes: int, seed: int) -> dict:
     scene = np.linalg.norm(firsts - firsts.mean(0), axis=1).mean()
     return {'checkpoint': checkpoint, 'first_step_error_mm': 1000 * float(np.mean(errors)),
             'expert_spread_mm': 1000 * float(spread), 'instruction_effect_mm': 1000 * float(np.mean(instruction_effects)),
-            'scene_effect_mm': 1000 * float(scene)}
+            'scene_effect_mm': 1000 * float(scene), 'heads_for_target': float(np.mean(hits)),
+            'heading_error_deg': float(np.median(angles))}
+
+
+def _cosine(a, b) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
 def main(argv: list[str]) -> int:
@@ -60,10 +74,11 @@ def main(argv: list[str]) -> int:
         rows = [probe(c, env, args.scenes, args.seed) for c in args.checkpoints]
     command = 'python benchmarks/grounding_probe.py ' + ' '.join(argv)
     lines = [f'`{command}`', '', '| checkpoint | first-step error mm | expert spread mm | instruction effect mm | '
-             'scene effect mm |', '|---|---|---|---|---|']
+             'scene effect mm | heads for target | heading error deg |', '|---|---|---|---|---|---|---|']
     for r in rows:
         lines.append(f"| {r['checkpoint']} | {r['first_step_error_mm']:.1f} | {r['expert_spread_mm']:.1f} | "
-                     f"{r['instruction_effect_mm']:.1f} | {r['scene_effect_mm']:.1f} |")
+                     f"{r['instruction_effect_mm']:.1f} | {r['scene_effect_mm']:.1f} | {r['heads_for_target']:.2f} | "
+                     f"{r['heading_error_deg']:.0f} |")
     print('\n'.join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps({'command': command, 'rows': rows}, indent=2))
