@@ -4,7 +4,8 @@
         --json benchmarks/grounding_probe.json
 
 At the start pose (home plus a small random offset) the proprio says nothing about the target, so
-only the images and the instruction can tell the policy where to go. Per checkpoint, over fresh seeded touch scenes:
+only the images and the instruction can tell the policy where to go. Per checkpoint, over fresh
+seeded touch scenes:
   first_step_error_mm    |policy - expert| of the first step's translation,
   expert_spread_mm       how much the expert's first step varies across scenes (the scale to beat;
                          a policy that ignores the scene scores about this as its error),
@@ -43,8 +44,9 @@ def probe(checkpoint: str, env: TabletopEnv, scenes: int, seed: int) -> dict:
         motion = chunks[env.task.target_cube][:, :2].sum(axis=0)
         tcp = env.tcp_pose()[0][:2]
         cosines = [_cosine(motion, env.cube_position(colour)[:2] - tcp) for colour in env.task.cube_colours]
-        hits.append(int(np.argmax(cosines)) == env.task.cube_colours.index(env.task.target_cube))
-        angles.append(np.degrees(np.arccos(np.clip(cosines[env.task.cube_colours.index(env.task.target_cube)], -1, 1))))
+        target = env.task.cube_colours.index(env.task.target_cube)
+        hits.append(int(np.argmax(cosines)) == target)
+        angles.append(np.degrees(np.arccos(np.clip(cosines[target], -1, 1))))
         errors.append(np.linalg.norm(own - expert_step))
         experts.append(expert_step)
         firsts.append(own)
