@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from vla_prune_ros.auxiliary import PointingHead, target_patch
+from vla_prune_ros.auxiliary import PatchPositionHead, PointingHead, target_patch
 from vla_prune_ros.sim.cameras import camera_geometry, project
 from vla_prune_ros.sim.env import TabletopEnv
 from vla_prune_ros.sim.expert import ScriptedExpert
@@ -97,3 +97,59 @@ def test_training_batches_label_the_patch_that_shows_the_instructed_cube(tmp_pat
             assert any(_is_colour(p, colour) for p in pixels), (i, camera, colour)
             checked += 1
     assert checked >= 24
+
+
+def test_plane_points_invert_the_projection_for_both_cameras(env):
+    from vla_prune_ros.sim.cameras import plane_points
+    geometry = camera_geometry(env)
+    obs = env.reset(task='touch', seed=21)
+    rng = np.random.default_rng(0)
+    for camera in ('primary', 'wrist'):
+        points = np.column_stack([rng.uniform(0.3, 0.55, 16), rng.uniform(-0.2, 0.2, 16), np.full(16, 0.02)])
+        uv = np.array([project(geometry[camera], p, obs.proprio[:3], obs.proprio[3:6]) for p in points])
+        back = plane_points(geometry[camera], uv, obs.proprio[:3], obs.proprio[3:6], 0.02)
+        np.testing.assert_allclose(back, points, atol=1e-9)
+    # A ray pointing away from the plane has no point on it.
+    up = plane_points(geometry['primary'], np.array([[0.5, 0.5]]), obs.proprio[:3], obs.proprio[3:6], 10.0)
+    assert np.isnan(up).all()
+
+
+@pytest.mark.parametrize('seed', [31, 32, 33])
+def test_the_patch_showing_the_target_cube_is_placed_next_to_it(env, seed):
+    from vla_prune_ros.auxiliary import PRIVILEGED_SCALE, WORKSPACE_CENTRE, patch_positions
+    from vla_prune_ros.model.processing import center_crop_box
+    from vla_prune_ros.sim.cameras import plane_points
+    geometry = camera_geometry(env)
+    obs = env.reset(task='touch', seed=seed)
+    cube, tcp = env.target_cube_position(), obs.proprio[:3]
+    box, grid = center_crop_box(), 8
+    for camera, origin in (('primary', WORKSPACE_CENTRE), ('wrist', tcp[:2])):
+        index = target_patch(project(geometry[camera], cube, tcp, obs.proprio[3:6]), box, grid)
+        if index < 0:
+            continue
+        table = patch_positions(geometry[camera], box, grid, tcp, obs.proprio[3:6], 0.02, plane_points)
+        placed = table[index] * PRIVILEGED_SCALE + origin
+        assert np.linalg.norm(placed - cube[:2]) < 0.04, camera     # within a patch's footprint
+        others = np.linalg.norm(table * PRIVILEGED_SCALE + origin - cube[:2], axis=1)
+        assert np.nanargmin(others) in (index, index - 1, index + 1, index - grid, index + grid)
+
+
+def test_training_batches_carry_patch_positions(tmp_path):
+    from vla_prune_ros.data.demonstrations import dataset_statistics, load_episodes
+    from vla_prune_ros.model.configuration_vla import OFT_PROMPT
+    from vla_prune_ros.model.tokenizer import build_word_tokenizer, prompt_words
+    from vla_prune_ros.sim.collect import collect
+    from vla_prune_ros.training import Batches, sim_small_config
+
+    collect(tmp_path, episodes=2, seed=4, perturb_std=0.004)
+    meta, episodes = load_episodes(tmp_path)
+    tokenizer = build_word_tokenizer(prompt_words(OFT_PROMPT, sorted({e.instruction for e in episodes})))
+    config = sim_small_config(len(tokenizer), dataset_statistics(episodes), meta['camera_names'], meta['action_names'])
+    batches = Batches(episodes, config, tokenizer, seed=0, camera_geometry=meta['camera_geometry'],
+                      patch_positions=True)
+    positions = batches.sample(8, 'cpu')['patch_positions']
+    assert positions.shape == (8, config.num_visual_tokens, 2)
+    primary = positions[:, :config.num_visual_tokens // 2, 0]
+    assert torch.isfinite(primary).float().mean() > 0.9      # the fixed camera looks at the table
+    head = PatchPositionHead(hidden_size=4)
+    assert torch.isfinite(head.loss(torch.zeros(8, config.num_visual_tokens, 4), positions))

@@ -35,7 +35,8 @@ from .data.demonstrations import action_chunk, dataset_statistics, load_episodes
 from .model.checkpoint import load_checkpoint, save_checkpoint
 from .model.configuration_vla import OFT_PROMPT, BackboneConfig, NormStats, VisionConfig, VLAConfig
 from .model.modeling_vla import VLAModel
-from .auxiliary import PRIVILEGED_SCALE, PointingHead, TargetHead, target_patch, target_points
+from .auxiliary import (PRIVILEGED_SCALE, PatchPositionHead, PointingHead, TargetHead, patch_positions, target_patch,
+                        target_points)
 from .model.processing import (center_crop_box, crop_and_resize, normalize_actions, normalize_proprio,
                                pad_prompts, pixel_values, prepare_image, prompt_ids, random_crop_box, to_uint8,
                                to_unit_float)
@@ -66,9 +67,10 @@ class Batches:
     """
 
     def __init__(self, episodes, config: VLAConfig, tokenizer, seed: int, augment: bool = True,
-                 camera_geometry: dict | None = None):
+                 camera_geometry: dict | None = None, patch_positions: bool = False):
         self.config, self.augment = config, augment
         self.camera_geometry = camera_geometry
+        self.patch_positions_on = patch_positions and camera_geometry is not None
         self.rng = np.random.default_rng(seed)
         size = config.vision.image_size
         # Frames resized once to the model's resolution; cropping happens per sample.
@@ -87,7 +89,7 @@ class Batches:
     def sample(self, batch_size: int, device) -> dict[str, torch.Tensor]:
         config, size = self.config, self.config.vision.image_size
         picks = self.rng.integers(0, len(self.index), size=batch_size)
-        pixels, proprio, targets, prompts, privileged, pointing = [], [], [], [], [], []
+        pixels, proprio, targets, prompts, privileged, pointing, positions = [], [], [], [], [], [], []
         pointing_on = self.camera_geometry is not None and self.privileged is not None
         for pick in picks:
             episode, t = self.index[pick]
@@ -99,6 +101,8 @@ class Batches:
             pixels.append(pixel_values(frames, config)[0])
             if pointing_on:
                 pointing.append(self._target_patches(episode, t, boxes))
+            if self.patch_positions_on:
+                positions.append(self._patch_positions(episode, t, boxes))
             proprio.append(self.proprio[episode][t])
             targets.append(action_chunk(self.targets[episode], t, config.chunk_len))
             prompts.append(self.prompts[episode])
@@ -112,6 +116,8 @@ class Batches:
             batch['privileged'] = torch.tensor(np.stack(privileged) / PRIVILEGED_SCALE).to(device)
         if pointing:
             batch['target_patches'] = torch.tensor(np.stack(pointing), dtype=torch.long).to(device)
+        if positions:
+            batch['patch_positions'] = torch.tensor(np.stack(positions), dtype=torch.float32).to(device)
         return batch
 
     def _crop_box(self) -> tuple[float, float, float, float]:
@@ -128,6 +134,15 @@ class Batches:
         return np.array([[target_patch(project(self.camera_geometry[name], point, raw[:3], raw[3:6])
                                        if point is not None else None, box, grid) for point in points]
                          for name, box in zip(self.config.camera_names, boxes)])
+
+    def _patch_positions(self, episode: int, t: int, boxes) -> np.ndarray:
+        from .sim.cameras import plane_points
+        from .sim.scene import CUBE_HALF
+        raw = self.raw_proprio[episode][t]
+        grid = self.config.vision.image_size // self.config.vision.patch_size
+        return np.concatenate([patch_positions(self.camera_geometry[name], box, grid, raw[:3], raw[3:6], CUBE_HALF,
+                                               plane_points)
+                               for name, box in zip(self.config.camera_names, boxes)])
 
     def rng_state(self) -> dict:
         return self.rng.bit_generator.state
@@ -191,16 +206,19 @@ def train(args: argparse.Namespace) -> Path:
         pruner.train(True)
     if args.lora_rank:
         model = apply_lora(model, args.lora_rank)
-    geometry = meta.get('camera_geometry') if args.pointing_weight > 0 else None
+    patch_position_weight = getattr(args, 'patch_position_weight', 0.0)
+    per_patch = args.pointing_weight > 0 or patch_position_weight > 0
+    geometry = meta.get('camera_geometry') if per_patch else None
     batches = Batches(episodes, model.config, tokenizer, seed=args.seed + accelerator.process_index,
-                      camera_geometry=geometry)
+                      camera_geometry=geometry, patch_positions=patch_position_weight > 0)
     auxiliary = None
-    if args.aux_weight > 0 or args.pointing_weight > 0:
-        if batches.privileged is None or (args.pointing_weight > 0 and geometry is None):
+    if args.aux_weight > 0 or per_patch:
+        if batches.privileged is None or (per_patch and geometry is None):
             raise SystemExit(f'{args.data}: the auxiliary losses need demonstrations with privileged targets '
-                             '(and, for pointing, camera_geometry in meta.json)')
+                             '(and, for the per-patch ones, camera_geometry in meta.json)')
         auxiliary = torch.nn.ModuleDict({'target': TargetHead(model.hidden_size, batches.privileged[0].shape[1]),
-                                         'pointing': PointingHead(model.hidden_size)})
+                                         'pointing': PointingHead(model.hidden_size),
+                                         'patch_position': PatchPositionHead(model.hidden_size)})
     parameters = [p for p in model.parameters() if p.requires_grad]
     extra = None
     if pruner is not None and pruner.name == 'lightvla_star':
@@ -217,7 +235,7 @@ def train(args: argparse.Namespace) -> Path:
         model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)
     final_hidden = {}
-    if args.pointing_weight > 0:
+    if per_patch:
         # The normed hidden states of every token entering layer --pointing-layer (the final norm when it is
         # the depth): pointing there leaves the later layers to carry where the target is to the read-out.
         depth = len(core.llm.layers)
@@ -265,6 +283,7 @@ def train(args: argparse.Namespace) -> Path:
     progress = tqdm(range(first_step, args.steps), desc='train', disable=not accelerator.is_main_process,
                     dynamic_ncols=True, initial=first_step, total=args.steps)
     started, last_save, kept, aux_loss = time.time(), time.time(), float('nan'), float('nan')
+    target_errors_mm = []
     noise_scales = []
     for step in progress:
         # Past the time budget this step is the last one; it runs with the selection noise at 0.
@@ -287,12 +306,18 @@ def train(args: argparse.Namespace) -> Path:
             total = loss
             if auxiliary is not None:
                 heads = accelerator.unwrap_model(auxiliary)
-                aux = args.aux_weight * torch.nn.functional.l1_loss(heads['target'](readout).float(),
-                                                                    batch['privileged'])
-                if args.pointing_weight > 0:
+                where = heads['target'](readout).float()
+                aux = args.aux_weight * torch.nn.functional.l1_loss(where, batch['privileged'])
+                # The target head's miss in mm: the grounding read-out, the first thing that must improve.
+                target_errors_mm.append(float((where[:, :2] - batch['privileged'][:, :2]).detach().norm(dim=1).mean()) * 100)
+                if per_patch:
                     layout = core.layout(batch['ids'].shape[1] - 1)
                     patches = final_hidden['h'][:, layout.patch_start:layout.patch_end]
+                if args.pointing_weight > 0:
                     aux = aux + args.pointing_weight * heads['pointing'].loss(patches, batch['target_patches'])
+                if patch_position_weight > 0:
+                    aux = aux + patch_position_weight * heads['patch_position'].loss(patches,
+                                                                                     batch['patch_positions'])
                 total = loss + aux
                 aux_loss = aux.item()
         optimizer.zero_grad(set_to_none=True)
@@ -305,7 +330,8 @@ def train(args: argparse.Namespace) -> Path:
         losses.append(loss.item())
         if pruner is not None and step % 25 == 0:
             kept = pruner_kept_fraction(core, pruner, batch)
-        progress.set_postfix(loss=f'{np.mean(losses[-50:]):.4f}', aux=f'{aux_loss:.3f}', kept=f'{kept:.2f}')
+        progress.set_postfix(loss=f'{np.mean(losses[-50:]):.4f}', aux=f'{aux_loss:.3f}', target_mm=f'{np.mean(target_errors_mm[-50:] or [np.nan]):.0f}',
+                             kept=f'{kept:.2f}')
         if last or (args.max_minutes and noise_scales[-1:] == [0.0]):
             progress.write(f'time budget of {args.max_minutes} min reached at step {step + 1}; saving')
             break

@@ -44,3 +44,23 @@ def project(camera: dict, point, tcp_position, tcp_rotation_vector) -> tuple[flo
         return None
     scale = 0.5 / np.tan(np.radians(camera['fovy']) / 2) / depth
     return 0.5 + local[0] * scale, 0.5 - local[1] * scale
+
+
+def plane_points(camera: dict, uv, tcp_position, tcp_rotation_vector, height: float) -> np.ndarray:
+    """Where the rays through normalised (column, row) image points ``uv`` (N, 2) meet the plane
+    z = ``height``: (N, 3) world points, NaN where a ray runs parallel to the plane or away from it.
+    The inverse of ``project`` for points on that plane."""
+    position, rotation = np.asarray(camera['position']), np.asarray(camera['rotation'])
+    if camera['frame'] == 'tcp':
+        tcp_rotation = rotation_matrix_from_vector(tcp_rotation_vector)
+        position = np.asarray(tcp_position) + tcp_rotation @ position
+        rotation = tcp_rotation @ rotation
+    uv = np.asarray(uv, dtype=float)
+    focal = 0.5 / np.tan(np.radians(camera['fovy']) / 2)
+    local = np.stack([(uv[:, 0] - 0.5) / focal, (0.5 - uv[:, 1]) / focal, -np.ones(len(uv))], axis=1)
+    directions = local @ rotation.T
+    with np.errstate(divide='ignore', invalid='ignore'):
+        distance = (height - position[2]) / directions[:, 2]
+    points = position + distance[:, None] * directions
+    points[~(distance > 0)] = np.nan
+    return points
