@@ -4,10 +4,12 @@
         --episodes 30 --seed 4242 --json benchmarks/learning_curve.json
 
 ``--run`` is the work directory of ``scripts/train_default_policy.sh``; ``--snapshots`` holds copies
-of its ``base`` stage's ``OUT/latest`` taken while it trained (``base_stepNNNNN``; each is the EMA
-weights the stage would have saved then, with ``progress.json``). Each snapshot and the finished
-stage are evaluated with ``method=none`` on the same fresh seeds; minutes are training wall time
-(demonstration collection is not counted).
+of its training stages' ``OUT/latest`` taken while they trained (``base_stepNNNNN``, then
+``default_stepNNNNN``; each is the EMA weights the stage would have saved then, with
+``progress.json``). Each snapshot and each finished stage are evaluated with ``method=none`` on the
+same fresh seeds. Minutes are training wall time, summed over the stages so far: ``default``
+continues from ``base``, so its minutes start where base's end (collecting demonstrations, and the
+DAgger round between the stages, are not counted).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from vla_prune_ros.evaluation import evaluate
 
-STAGE = 'base'   # the stage that trains the default policy
+STAGES = ('base', 'default')   # the stages that train the default policy, in order
 
 
 def main(argv: list[str]) -> int:
@@ -30,19 +32,26 @@ def main(argv: list[str]) -> int:
     parser.add_argument('--every', type=int, default=1, help='evaluate every N-th snapshot')
     parser.add_argument('--json', required=True)
     args = parser.parse_args(argv)
-    snapshots = sorted(Path(args.snapshots).glob(f'{STAGE}_step*'))[args.every - 1::args.every]
-    final = Path(args.run) / STAGE
-    candidates = [(s, json.loads((s / 'progress.json').read_text())) for s in snapshots]
-    record = json.loads((final / 'training_args.json').read_text())
-    candidates.append((final, {'step': record['steps_done'], 'wall_time_s': record['wall_time_s']}))
+    candidates, minutes_before = [], 0.0
+    for stage in STAGES:
+        final = Path(args.run) / stage
+        if not (final / 'training_args.json').is_file():
+            break
+        snapshots = sorted(Path(args.snapshots).glob(f'{stage}_step*'))[args.every - 1::args.every]
+        record = json.loads((final / 'training_args.json').read_text())
+        for snapshot in snapshots:
+            progress = json.loads((snapshot / 'progress.json').read_text())
+            candidates.append((snapshot, stage, progress['step'], minutes_before + progress['wall_time_s'] / 60))
+        candidates.append((final, stage, record['steps_done'], minutes_before + record['wall_time_s'] / 60))
+        minutes_before += record['wall_time_s'] / 60
     points = []
-    for checkpoint, progress in candidates:
+    for checkpoint, stage, step, minutes in candidates:
         report = evaluate(argparse.Namespace(methods='none', checkpoint=str(checkpoint), episodes=args.episodes,
                                              seed=args.seed, tasks='', image_size=128, execute_steps=0, device='cpu',
                                              command=''))
         row = report['methods']['none']
-        points.append({'snapshot': checkpoint.name, 'step': progress['step'],
-                       'training_minutes': round(progress['wall_time_s'] / 60, 1), 'success_rate': row['success_rate'],
+        points.append({'snapshot': checkpoint.name, 'stage': stage, 'step': step,
+                       'training_minutes': round(minutes, 1), 'success_rate': row['success_rate'],
                        'success_ci95': row['success_ci95'], 'per_task': row['per_task']})
         print(json.dumps(points[-1]), flush=True)
     points.sort(key=lambda p: p['training_minutes'])
@@ -50,11 +59,11 @@ def main(argv: list[str]) -> int:
     out = Path(args.json)
     out.write_text(json.dumps({'command': command, 'episodes': args.episodes, 'seed': args.seed,
                                'points': points}, indent=2))
-    lines = [f'`{command}`', '', '| training minutes | step | success | 95 % CI | touch | push |',
-             '|---|---|---|---|---|---|']
+    lines = [f'`{command}`', '', '| training minutes | stage | step | success | 95 % CI | touch | push |',
+             '|---|---|---|---|---|---|---|']
     for p in points:
         low, high = p['success_ci95']
-        lines.append(f"| {p['training_minutes']} | {p['step']} | {100 * p['success_rate']:.0f} % | "
+        lines.append(f"| {p['training_minutes']} | {p['stage']} | {p['step']} | {100 * p['success_rate']:.0f} % | "
                      f"{100 * low:.0f}–{100 * high:.0f} % | {100 * p['per_task'].get('touch', 0):.0f} % | "
                      f"{100 * p['per_task'].get('push', 0):.0f} % |")
     out.with_suffix('.md').write_text('\n'.join(lines) + '\n')
