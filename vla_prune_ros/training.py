@@ -309,7 +309,8 @@ def train(args: argparse.Namespace) -> Path:
                 where = heads['target'](readout).float()
                 aux = args.aux_weight * torch.nn.functional.l1_loss(where, batch['privileged'])
                 # The target head's miss in mm: the grounding read-out, the first thing that must improve.
-                target_errors_mm.append(float((where[:, :2] - batch['privileged'][:, :2]).detach().norm(dim=1).mean()) * 100)
+                miss = (where[:, :2] - batch['privileged'][:, :2]).detach().norm(dim=1).mean()
+                target_errors_mm.append(float(miss) * 100)
                 if per_patch:
                     layout = core.layout(batch['ids'].shape[1] - 1)
                     patches = final_hidden['h'][:, layout.patch_start:layout.patch_end]
@@ -330,8 +331,8 @@ def train(args: argparse.Namespace) -> Path:
         losses.append(loss.item())
         if pruner is not None and step % 25 == 0:
             kept = pruner_kept_fraction(core, pruner, batch)
-        progress.set_postfix(loss=f'{np.mean(losses[-50:]):.4f}', aux=f'{aux_loss:.3f}', target_mm=f'{np.mean(target_errors_mm[-50:] or [np.nan]):.0f}',
-                             kept=f'{kept:.2f}')
+        progress.set_postfix(loss=f'{np.mean(losses[-50:]):.4f}', aux=f'{aux_loss:.3f}',
+                             target_mm=f'{np.mean(target_errors_mm[-50:] or [np.nan]):.0f}', kept=f'{kept:.2f}')
         if last or (args.max_minutes and noise_scales[-1:] == [0.0]):
             progress.write(f'time budget of {args.max_minutes} min reached at step {step + 1}; saving')
             break

@@ -31,13 +31,19 @@ def camera_geometry(env) -> dict[str, dict]:
     return geometry
 
 
-def project(camera: dict, point, tcp_position, tcp_rotation_vector) -> tuple[float, float] | None:
-    """Normalised (column, row) in [0, 1] of a world point in a square image; None behind the camera."""
+def world_pose(camera: dict, tcp_position, tcp_rotation_vector) -> tuple[np.ndarray, np.ndarray]:
+    """The camera's world position and rotation (axes as columns) at this TCP pose."""
     position, rotation = np.asarray(camera['position']), np.asarray(camera['rotation'])
     if camera['frame'] == 'tcp':
         tcp_rotation = rotation_matrix_from_vector(tcp_rotation_vector)
         position = np.asarray(tcp_position) + tcp_rotation @ position
         rotation = tcp_rotation @ rotation
+    return position, rotation
+
+
+def project(camera: dict, point, tcp_position, tcp_rotation_vector) -> tuple[float, float] | None:
+    """Normalised (column, row) in [0, 1] of a world point in a square image; None behind the camera."""
+    position, rotation = world_pose(camera, tcp_position, tcp_rotation_vector)
     local = rotation.T @ (np.asarray(point, dtype=float) - position)
     depth = -local[2]                      # MuJoCo cameras look along their -z axis, y up
     if depth <= 1e-6:
@@ -50,11 +56,7 @@ def plane_points(camera: dict, uv, tcp_position, tcp_rotation_vector, height: fl
     """Where the rays through normalised (column, row) image points ``uv`` (N, 2) meet the plane
     z = ``height``: (N, 3) world points, NaN where a ray runs parallel to the plane or away from it.
     The inverse of ``project`` for points on that plane."""
-    position, rotation = np.asarray(camera['position']), np.asarray(camera['rotation'])
-    if camera['frame'] == 'tcp':
-        tcp_rotation = rotation_matrix_from_vector(tcp_rotation_vector)
-        position = np.asarray(tcp_position) + tcp_rotation @ position
-        rotation = tcp_rotation @ rotation
+    position, rotation = world_pose(camera, tcp_position, tcp_rotation_vector)
     uv = np.asarray(uv, dtype=float)
     focal = 0.5 / np.tan(np.radians(camera['fovy']) / 2)
     local = np.stack([(uv[:, 0] - 0.5) / focal, (0.5 - uv[:, 1]) / focal, -np.ones(len(uv))], axis=1)
