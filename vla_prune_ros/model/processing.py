@@ -7,6 +7,7 @@ BOUNDS_Q99 un-normalisation.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -29,30 +30,42 @@ def crop_and_resize(image: np.ndarray, box: tuple[float, float, float, float], s
     quantises sample positions to 1/32 px, which leaves some pixels one grey level off.)
     """
     image = np.asarray(image, dtype=np.float32)
-    y1, x1, y2, x2 = (np.float32(v) for v in box)
+    height, width = image.shape[:2]
+    channels = image.shape[2] if image.ndim == 3 else 1
+    box32 = tuple(float(np.float32(v)) for v in box)
+    top_rows, bottom_rows, y_frac = _bilinear_samples(box32[0], box32[2], height, size, 1)
+    left, right, x_frac = _bilinear_samples(box32[1], box32[3], width, size, channels)
+    # Channels folded into the columns, so every gather and blend runs over long rows. Each source
+    # row is blended across once; output rows then take their two blended source rows. That is
+    # TF's per-pixel arithmetic (across, then down), in the same order.
+    flat = image.reshape(height, width * channels)
+    left_values = flat[:, left]
+    blended = left_values + (flat[:, right] - left_values) * x_frac
+    top, bottom = np.take(blended, top_rows, axis=0), np.take(blended, bottom_rows, axis=0)
+    out = top + (bottom - top) * y_frac[:, None]
+    return out.reshape((size, size, channels) if image.ndim == 3 else (size, size))
 
-    def samples(start, stop, extent):
-        last = np.float32(extent - 1)
-        scale = (stop - start) * last / np.float32(size - 1)
-        position = start * last + np.arange(size, dtype=np.float32) * scale
-        low = np.floor(position)
-        frac = position - low
-        low_index = np.clip(low.astype(np.int64), 0, extent - 1)
-        high_index = np.clip(np.ceil(position).astype(np.int64), 0, extent - 1)
-        return low_index, high_index, frac
 
-    top_rows, bottom_rows, y_frac = samples(y1, y2, image.shape[0])
-    left, right, x_frac = samples(x1, x2, image.shape[1])
-    x_frac = x_frac[None, :, None] if image.ndim == 3 else x_frac[None, :]
-    y_frac = y_frac[:, None, None] if image.ndim == 3 else y_frac[:, None]
-
-    def across(rows):
-        row = np.take(image, rows, axis=0)
-        row_left = np.take(row, left, axis=1)          # np.take: far faster than fancy indexing here
-        return row_left + (np.take(row, right, axis=1) - row_left) * x_frac
-
-    top, bottom = across(top_rows), across(bottom_rows)
-    return top + (bottom - top) * y_frac
+@functools.lru_cache(maxsize=32)
+def _bilinear_samples(start: float, stop: float, extent: int, size: int, channels: int):
+    """TF's sample positions along one axis: floor and ceil indices (one per channel of each
+    position, for channel-folded columns) and the float32 fraction between them. Cached: the
+    centre crop asks for the same few every frame."""
+    start, stop, last = np.float32(start), np.float32(stop), np.float32(extent - 1)
+    scale = (stop - start) * last / np.float32(size - 1)
+    position = start * last + np.arange(size, dtype=np.float32) * scale
+    low = np.floor(position)
+    frac = position - low
+    low_index = np.clip(low.astype(np.int64), 0, extent - 1)
+    high_index = np.clip(np.ceil(position).astype(np.int64), 0, extent - 1)
+    if channels > 1:
+        offsets = np.arange(channels)
+        low_index = (low_index[:, None] * channels + offsets).ravel()
+        high_index = (high_index[:, None] * channels + offsets).ravel()
+        frac = np.repeat(frac, channels)
+    for array in (low_index, high_index, frac):
+        array.setflags(write=False)
+    return low_index, high_index, frac
 
 
 def to_unit_float(image: np.ndarray) -> np.ndarray:
@@ -84,15 +97,20 @@ def prepare_image(image: np.ndarray, size: int, center_crop: bool) -> np.ndarray
 
 
 def pixel_values(images: list[np.ndarray], config: VLAConfig) -> torch.Tensor:
-    """Prepared uint8 images (one per camera, model order) -> (1, cameras * backbones * 3, S, S) float."""
-    channels = []
-    for image in images:
-        unit = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
-        for backbone in config.vision.backbones:
-            mean = torch.tensor(backbone.mean).view(3, 1, 1)
-            std = torch.tensor(backbone.std).view(3, 1, 1)
-            channels.append((unit - mean) / std)
-    return torch.cat(channels, dim=0).unsqueeze(0)
+    """Prepared uint8 images (one per camera, model order) -> (1, cameras * backbones * 3, S, S) float.
+
+    In numpy, float32: the same correctly rounded divide and subtract as torch, in one pass over
+    all cameras instead of a few small torch ops per camera and backbone."""
+    unit = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)).astype(np.float32)  # uint8 moved: 4x cheaper
+    unit /= np.float32(255.0)
+    normalized = [(unit - _channel_constant(backbone.mean)) / _channel_constant(backbone.std)
+                  for backbone in config.vision.backbones]
+    stacked = np.stack(normalized, axis=1)                        # (cameras, backbones, 3, S, S)
+    return torch.from_numpy(stacked.reshape(1, -1, *stacked.shape[-2:]))
+
+
+def _channel_constant(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32).reshape(1, 3, 1, 1)
 
 
 def _bounds(stats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
