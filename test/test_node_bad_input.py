@@ -81,11 +81,12 @@ def system(tmp_path_factory):
             assert not [line for line in process.lines if 'Traceback' in line], process.lines
 
 
-def restore(publisher):
-    """Back to good input: both cameras on, good frames with current stamps, the arm moving."""
+def restore(client, publisher):
+    """Back to good input: both cameras on, good frames with current stamps, the arm moving; returns
+    once frames sent after the change have arrived (a loaded machine may delay them)."""
     for line in ('camera 1 on', 'image 0 good', 'age 0', 'joints moving'):
         command(publisher, line)
-    time.sleep(0.2)
+    client.settle()
 
 
 def failed_goal(client, **goal):
@@ -107,7 +108,7 @@ def test_camera_that_never_published_aborts_the_goal(system):
     assert result.reason == f'stale or missing input: {WRIST}: no valid image received yet'
     assert result.chunks_executed == 0
     command(publisher, 'camera 1 on')
-    time.sleep(0.3)
+    client.settle()
     good_goal(client)
 
 
@@ -119,7 +120,7 @@ def test_camera_that_never_published_aborts_the_goal(system):
 ])
 def test_broken_frames_are_dropped_with_a_warning_naming_the_topic(system, mode, error):
     client, publisher, node, _, _ = system
-    restore(publisher)
+    restore(client, publisher)
     warnings = node.count(f'{PRIMARY}: dropped frame: ')
     command(publisher, f'image 0 {mode}')
     try:
@@ -131,16 +132,16 @@ def test_broken_frames_are_dropped_with_a_warning_naming_the_topic(system, mode,
         assert node.alive()
     finally:
         command(publisher, 'image 0 good')
-    time.sleep(0.2)
+    client.settle()
     good_goal(client)
 
 
 def test_old_stamps_abort_with_the_age_in_the_reason(system):
     client, publisher, _, _, _ = system
-    restore(publisher)
+    restore(client, publisher)
     command(publisher, 'age 2.0')
     try:
-        time.sleep(0.2)
+        client.settle()
         result = failed_goal(client, max_chunks=1)
         assert 'latest image is 2.' in result.reason and f'(max_input_age {MAX_INPUT_AGE} s)' in result.reason
     finally:
@@ -149,7 +150,7 @@ def test_old_stamps_abort_with_the_age_in_the_reason(system):
 
 def test_wait_policy_waits_for_fresh_input_then_gives_up(system):
     client, publisher, _, _, _ = system
-    restore(publisher)
+    restore(client, publisher)
     assert all(r.successful for r in client.set_parameters({'stale_input_policy': 'wait', 'wait_timeout': 5.0}))
     try:
         command(publisher, 'camera 1 off')
@@ -182,13 +183,13 @@ def test_wait_policy_waits_for_fresh_input_then_gives_up(system):
 ])
 def test_unknown_velocity_sends_the_controller_to_fine(system, mode, why):
     client, publisher, node, _, _ = system
-    restore(publisher)
+    restore(client, publisher)
     warnings = node.count(f'{JOINTS}: end-effector velocity unknown')
     # The proprio keeps the last good joint positions while they are younger than max_input_age.
     assert client.set_parameters({'max_input_age': 5.0})[0].successful
     command(publisher, f'joints {mode}')
     try:
-        time.sleep(0.2)
+        client.settle()
         start = time.monotonic()
         good_goal(client, chunks=2)
         time.sleep(0.1)
@@ -205,11 +206,11 @@ def test_unknown_velocity_sends_the_controller_to_fine(system, mode, why):
 
 def test_extra_unknown_joint_is_ignored_with_a_warning(system):
     client, publisher, node, _, _ = system
-    restore(publisher)
+    restore(client, publisher)
     warnings = node.count(f'{JOINTS}: unknown joints ignored: .*conveyor_joint')
     command(publisher, 'joints extra')
     try:
-        time.sleep(0.2)
+        client.settle()
         start = time.monotonic()
         good_goal(client, chunks=1)
         time.sleep(0.1)
@@ -224,7 +225,7 @@ def test_joint_states_under_other_names_abort_for_want_of_proprio(system):
     """With the simulator's ee_pose proprio the node needs the arm's joint positions; joint states
     of another robot leave them missing, and once the last good ones are stale the goal fails."""
     client, publisher, _, _, _ = system
-    restore(publisher)
+    restore(client, publisher)
     command(publisher, 'joints renamed')
     try:
         time.sleep(MAX_INPUT_AGE + 0.1)
@@ -247,7 +248,7 @@ def test_goal_storm_leaves_exactly_one_goal_then_cancel(system):
     PREEMPTED (goal state aborted) with a reason. Which one survives is the last the node
     accepted: the action server's reentrant group may accept a burst slightly out of order."""
     client, publisher, node, _, _ = system
-    restore(publisher)
+    restore(client, publisher)
     futures = [client.send_goal(f'{INSTRUCTION} {i}') for i in range(10)]
     handles = [client.wait_future(future, 10.0) for future in futures]
     assert all(handle.accepted for handle in handles)
@@ -282,7 +283,7 @@ def test_goal_storm_leaves_exactly_one_goal_then_cancel(system):
 
 def test_cancel_right_after_accept_stops_publishing(system):
     client, publisher = system[:2]
-    restore(publisher)
+    restore(client, publisher)
     for _ in range(3):
         handle = client.wait_future(client.send_goal(INSTRUCTION), 10.0)
         client.wait_future(handle.cancel_goal_async(), 5.0)     # lands in or before the first inference
@@ -295,8 +296,8 @@ def test_cancel_right_after_accept_stops_publishing(system):
 
 
 def test_non_finite_actions_are_never_published(system):
-    _, publisher, _, nan_client, _ = system
-    restore(publisher)
+    client, publisher, _, nan_client, _ = system
+    restore(client, publisher)
     accepted, result, status, feedback = nan_client.run_goal(INSTRUCTION, max_chunks=2)
     assert accepted and result.status == result.STATUS_FAILED and status == GoalStatus.STATUS_ABORTED
     assert 'non-finite action values (NaN/Inf) in chunk 0; nothing was published' in result.reason
