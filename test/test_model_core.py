@@ -219,6 +219,26 @@ def test_vision_reads_the_second_to_last_block():
         assert (model.encode_images(pixels) - before).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize('training', [False, True])
+def test_lean_siglip_blocks_are_bit_identical_to_transformers(training):
+    """The SigLIP blocks' lean path gives transformers' outputs and gradients bit for bit."""
+    model, tokenizer = tiny_model_and_tokenizer()
+    pixels, _, _ = example_inputs(model, tokenizer)
+    [siglip] = [vit for vit in model.vision_backbones if vit.lean]
+    siglip.train(training)
+    inputs = pixels[:, 3:6].repeat(2, 1, 1, 1)            # the SigLIP channels, a batch of 2
+    outputs, grads = [], []
+    for lean in (False, True):
+        siglip.lean = lean
+        out = siglip(inputs)
+        out.square().sum().backward()
+        outputs.append(out.detach())
+        grads.append([p.grad.clone() for p in siglip.parameters() if p.grad is not None])
+        siglip.zero_grad()
+    assert torch.equal(*outputs) and len(grads[0]) == len(grads[1]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
 def test_action_head_hand_computed():
     model, _ = tiny_model_and_tokenizer(head_num_blocks=3)
     head = model.action_head.model

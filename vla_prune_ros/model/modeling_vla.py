@@ -114,6 +114,7 @@ class ViTFeatures(nn.Module):
             vision_model = getattr(model, 'vision_model', model)   # flattened in transformers 5
             self.embeddings, self.blocks = vision_model.embeddings, vision_model.encoder.layers
             self.num_prefix_tokens = 0
+            self.lean = attn_implementation == 'sdpa'
         else:
             ratio = backbone.intermediate_size // backbone.hidden_size
             config = Dinov2WithRegistersConfig(mlp_ratio=ratio, num_register_tokens=backbone.num_register_tokens,
@@ -122,6 +123,7 @@ class ViTFeatures(nn.Module):
             vision_model = Dinov2WithRegistersModel(config)
             self.embeddings, self.blocks = vision_model.embeddings, vision_model.encoder.layer
             self.num_prefix_tokens = 1 + backbone.num_register_tokens   # CLS + registers
+            self.lean = False
         # FiLM (OFT+): per used block, the language embedding -> (gamma, beta). Zero-initialised, so a
         # new FiLM model starts as the plain ViT.
         self.film = None
@@ -135,12 +137,29 @@ class ViTFeatures(nn.Module):
     def forward(self, pixel_values: torch.Tensor, language: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.embeddings(pixel_values)
         for i, block in enumerate(self.blocks[:-1]):   # OFT reads the second-to-last block (timm n = depth - 2)
-            hidden = block(hidden, attention_mask=None)
-            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            if self.lean:
+                hidden = lean_siglip_block(block, hidden)
+            else:
+                hidden = block(hidden, attention_mask=None)
+                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
             if self.film is not None:
                 gamma, beta = self.film[i](language).to(hidden.dtype).unsqueeze(1).chunk(2, dim=-1)
                 hidden = hidden * (1 + gamma) + beta
         return hidden[:, self.num_prefix_tokens:]
+
+
+def lean_siglip_block(block, hidden: torch.Tensor) -> torch.Tensor:
+    """``SiglipEncoderLayer.forward`` with sdpa and no mask, the same ops in the same order
+    (bit-identical), without transformers' per-call dispatch: a small ViT is mostly per-op overhead."""
+    attn, mlp = block.self_attn, block.mlp
+    batch, length, _ = hidden.shape
+    normed = block.layer_norm1(hidden)
+    shape = (batch, length, -1, attn.head_dim)
+    q, k, v = (projection(normed).view(shape).transpose(1, 2) for projection in (attn.q_proj, attn.k_proj, attn.v_proj))
+    out = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout if attn.training else 0.0,
+                                                     scale=attn.scale)
+    hidden = hidden + attn.out_proj(out.transpose(1, 2).reshape(batch, length, -1))
+    return hidden + mlp.fc2(mlp.activation_fn(mlp.fc1(block.layer_norm2(hidden))))
 
 
 class Projector(nn.Module):
