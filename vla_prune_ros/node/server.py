@@ -7,9 +7,9 @@ from the *measured* end-effector velocity). Inputs live in :mod:`.inputs`, param
 
 Threads (see :mod:`.goals`). One single-threaded executor serves every ROS callback: sensor
 callbacks only store the newest message, so 500 Hz joint states and several cameras cost little, and
-goal, cancel and result requests are answered at once. The policy runs on one goal-runner thread;
-torch's intra-op threads (``torch_threads``) are the only other busy ones. A new goal preempts the
-running one.
+goal, cancel and result requests are answered at once (within one forward pass: the executor steps
+aside while the policy runs, :mod:`.spinning`). The policy runs on one goal-runner thread; torch's
+intra-op threads (``torch_threads``) are the only other busy ones. A new goal preempts the running one.
 
 One goal: ``policy.reset()``, ``controller.reset()``, then repeat: take the latest frames and
 joint state, check their age (abort or wait), step the controller with the measured velocity,
@@ -55,6 +55,7 @@ from .execution import ChunkPacing
 from .goals import PREEMPTED, Ending, GoalEnded, GoalRun, GoalRunner, finish, republish_status
 from .inputs import LatestInputs, Observation, StaleInput
 from .parameters import NodeParameters, StartupError
+from .spinning import ForwardGate, spin
 
 Result = RunInstruction.Result
 POLL_PERIOD = 0.005           # s between checks while input is awaited
@@ -141,6 +142,7 @@ class VLAPruneNode(Node):
         self._runs: dict[bytes, GoalRun] = {}
         self._current: Optional[GoalRun] = None
         self._stopping = threading.Event()
+        self.forward_gate = ForwardGate()          # the executor steps aside during a forward (.spinning)
         self._last_latency = math.nan
         self._chunks_published = 0
         self._overheads = deque(maxlen=200)   # s: node time per chunk outside the model forward
@@ -312,8 +314,9 @@ class VLAPruneNode(Node):
         """Finite, clipped actions and the inference record; a model error or a non-finite value ends the goal."""
         ee_speed = decision.linear_speed if decision.velocity_valid else None
         try:
-            output = self.policy.infer(observation.images, observation.proprio, run.handle.request.instruction,
-                                       decision.mode, ee_speed)
+            with self.forward_gate.closed():
+                output = self.policy.infer(observation.images, observation.proprio,
+                                           run.handle.request.instruction, decision.mode, ee_speed)
             added = self.parameters.value('added_latency')
             if added:       # benchmarks: emulate a larger model, counted in the measured latency
                 time.sleep(added)
@@ -393,11 +396,12 @@ def main(args=None) -> int:
         rclpy.try_shutdown()
         return 1
     # Measured (benchmarks/intake.md): rclpy's MultiThreadedExecutor starves at 500 Hz joint states and the
-    # events executor hangs on the action server's coroutine here; the single-threaded one keeps up.
+    # events executor hangs on the action server's coroutine here; the single-threaded one keeps up,
+    # and steps aside while a forward runs (.spinning).
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        executor.spin()
+        spin(executor, node.context, node.forward_gate)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
