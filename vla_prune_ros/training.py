@@ -211,6 +211,8 @@ def train(args: argparse.Namespace) -> Path:
     geometry = meta.get('camera_geometry') if per_patch else None
     batches = Batches(episodes, model.config, tokenizer, seed=args.seed + accelerator.process_index,
                       camera_geometry=geometry, patch_positions=patch_position_weight > 0)
+    episode_count = len(episodes)
+    del episodes        # Batches holds the frames at the model's size; the raw ones would double the memory
     auxiliary = None
     if args.aux_weight > 0 or per_patch:
         if batches.privileged is None or (per_patch and geometry is None):
@@ -350,7 +352,7 @@ def train(args: argparse.Namespace) -> Path:
         record = {'command': 'vla-prune train ' + ' '.join(sys.argv[2:]) if len(sys.argv) > 2 else '',
                   'args': vars(args), 'final_loss': float(np.mean(losses[-100:])),
                   'wall_time_s': round(wall_before + time.time() - started, 1), 'steps_done': len(losses),
-                  'episodes': len(episodes), 'transitions': len(batches)}
+                  'episodes': episode_count, 'transitions': len(batches)}
         if noise_scales:
             record['noise_scale_first_last'] = [noise_scales[0], noise_scales[-1]]
         (out / 'training_args.json').write_text(json.dumps(record, indent=2))
