@@ -80,7 +80,9 @@ def system(tmp_path_factory):
         extra_client.close()
         codes = node.stop(), extra.stop()
         publisher.stop()
-        assert codes == (0, 0), node.lines[-20:] + extra.lines[-20:]
+        # A joined string: pytest prints it whole, where a list's repr is cut short.
+        assert codes == (0, 0), '\n'.join([f'exit codes (node, extra) {codes}', '--- node:', *node.lines[-40:],
+                                            '--- extra:', *extra.lines[-40:]])
         for process in (node, extra):
             assert not [line for line in process.lines if 'Traceback' in line], process.lines
 
