@@ -26,7 +26,7 @@ import pinocchio as pin
 import pytest
 from std_msgs.msg import Bool, String
 
-from ros_helpers import Process, RosClient, domain_id, make_checkpoint, ros_env, start_node
+from ros_helpers import Process, RosClient, domain_id, make_checkpoint, ros_env, start_node, wait_until
 from vla_prune_ros.bag_dataset import RecordingConfig, convert_bags
 from vla_prune_ros.bag_dataset.convert import DELTA_POSE_ACTION_NAMES
 from vla_prune_ros.data.demonstrations import load_episodes
@@ -46,13 +46,6 @@ TRANSPORT_MARGIN = 1e-4
 # late, so its stamps are allowed nearly half a step off the grid (a robot's sensors keep better time).
 TOLERANCE = 0.45 * DT
 MIN_COVERAGE = 0.6   # of a chunk's steps converted (late ticks beyond the tolerance are dropped, not filled)
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f'timed out waiting for {what}'
-        time.sleep(0.01)
 
 
 def gripper_value(finger_positions) -> float:

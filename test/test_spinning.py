@@ -7,16 +7,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
 from vla_prune_ros.node.spinning import ForwardGate, spin
-from ros_helpers import domain_id
-
-
-def wait_until(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
+from ros_helpers import domain_id, wait_until
 
 
 def test_gate_wait_returns_at_once_when_open_and_after_max_pause_when_closed():
@@ -41,7 +32,7 @@ def test_executor_steps_aside_while_the_gate_is_closed():
     spinner = threading.Thread(target=spin, args=(executor, context, gate), daemon=True)
     spinner.start()
     try:
-        assert wait_until(lambda: len(ticks) >= 20), 'the timer never ran under spin()'
+        wait_until(lambda: len(ticks) >= 20, 20.0, 'the timer to run under spin()')
         with gate.closed():
             time.sleep(0.02)             # a callback already under way may finish
             before = len(ticks)
@@ -51,7 +42,7 @@ def test_executor_steps_aside_while_the_gate_is_closed():
         # One callback per max_pause at most (a 1 ms timer would otherwise tick ~500 times).
         assert during <= closed_for / gate.max_pause + 2, during
         reopened = len(ticks)
-        assert wait_until(lambda: len(ticks) >= reopened + 20), 'callbacks did not resume after the gate opened'
+        wait_until(lambda: len(ticks) >= reopened + 20, 20.0, 'callbacks to resume after the gate opened')
     finally:
         rclpy.try_shutdown(context=context)
         spinner.join(timeout=5.0)
