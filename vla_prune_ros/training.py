@@ -187,6 +187,7 @@ def train(args: argparse.Namespace) -> Path:
     for directory in args.data:
         meta, more = load_episodes(Path(directory), limit=args.max_episodes)
         episodes += more
+    del more            # only `episodes` may hold the raw frames: they are dropped once Batches has its copies
     if args.init:
         model, tokenizer = load_checkpoint(args.init)
         stats = json.loads((Path(args.init) / 'dataset_statistics.json').read_text() or '{}')

@@ -2,12 +2,13 @@
 
 Why: the forward pass of a small model is mostly Python dispatch, and each torch op gives up the GIL
 and takes it back. With 500 Hz joint states and 3 cameras the executor thread wants the GIL about
-600 times a second, so the forward keeps waiting for it (measured: latency 1.49x unloaded,
-benchmarks/intake.md). While a forward runs, nothing the executor does can reach it: the sample was
-taken before. So the executor waits until the forward ends, at most ``max_pause`` seconds, and then
-catches up. Sensor subscriptions are keep-last, so DDS (outside Python) drops what is superseded
-and the next sample still gets the newest message. Goal, cancel and result requests wait at most
-one forward pass (or ``max_pause``); their queues are deep enough for a burst.
+600 times a second, so the forward keeps waiting for it (measured: latency 1.43x unloaded without the
+gate, 1.02x with it; benchmarks/intake_without_gate.md, intake.md). While a forward runs, nothing the
+executor does can reach it: the sample was taken before. So the executor waits until the forward ends,
+at most ``max_pause`` seconds, and then catches up. Sensor subscriptions are keep-last, so DDS
+(outside Python) drops what is superseded and the next sample still gets the newest message. Goal,
+cancel and result requests wait at most one forward pass (or ``max_pause``); their queues are deep
+enough for a burst.
 """
 from __future__ import annotations
 
