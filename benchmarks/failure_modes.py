@@ -14,7 +14,9 @@ push:
   wrong_cube     a distractor moved more than 2 cm, the target less
   pushed_off     the target moved more than 2 cm but did not end (stopped) on its pad
   never_pushed   the target moved less than 2 cm
-Also, over failures, the median closest approach to the target surface and to its centre in xy (mm).
+Also, over failures, the median closest approach to the target surface and to its centre in xy (mm), and
+per failed touch episode its path: xy distance to the target at the start and the end, the final TCP
+height, and the TCP's xy and z motion over the first chunk (mm).
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ class WatchedEnv:
         self.start = {c: self.env.cube_position(c).copy() for c in task.cube_colours}
         self.closest = {c: np.inf for c in task.cube_colours}
         self.closest_xy = {c: np.inf for c in task.cube_colours}
+        self.path = []
         self._watch()
         return obs
 
@@ -60,6 +63,7 @@ class WatchedEnv:
         return obs
 
     def _watch(self):
+        self.path.append(self.env.tcp_pose()[0].copy())
         for colour in self.closest:
             self.closest[colour] = min(self.closest[colour], self.env.tcp_distance_to_cube(colour))
             xy = float(np.linalg.norm(self.env.tcp_pose()[0][:2] - self.env.cube_position(colour)[:2]))
@@ -90,6 +94,17 @@ def classify(env: WatchedEnv) -> str:
     return 'pushed_off' if target_moved else 'never_pushed'
 
 
+def touch_path(env: WatchedEnv, chunk_len: int) -> dict:
+    target = env.target_cube_position()[:2]
+    path = np.array(env.path)
+    first = path[min(chunk_len, len(path) - 1)] - path[0]
+    return {'start_xy_to_target_mm': round(1e3 * float(np.linalg.norm(path[0, :2] - target))),
+            'end_xy_to_target_mm': round(1e3 * float(np.linalg.norm(path[-1, :2] - target))),
+            'end_z_mm': round(1e3 * float(path[-1, 2])),
+            'first_chunk_xy_mm': round(1e3 * float(np.linalg.norm(first[:2]))),
+            'first_chunk_dz_mm': round(1e3 * float(first[2]))}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('checkpoint')
@@ -104,6 +119,7 @@ def main() -> int:
     counts = {kind: collections.Counter() for kind in ('touch', 'push')}
     closest = {kind: [] for kind in ('touch', 'push')}
     closest_xy = {kind: [] for kind in ('touch', 'push')}
+    touch_failures = {}
     for task, seed in episode_plan(['touch', 'push'], args.episodes, args.seed):
         result = run_episode(env, policy, kinematics, controller, task, seed, policy.config.chunk_len)
         label = 'success' if result.success else classify(env)
@@ -111,13 +127,16 @@ def main() -> int:
         if not result.success:
             closest[task].append(1e3 * env.closest[env.task.target_cube])
             closest_xy[task].append(1e3 * env.closest_xy[env.task.target_cube])
+            if task == 'touch':
+                touch_failures[str(seed)] = {'class': label, **touch_path(env, policy.config.chunk_len)}
     report = {'command': ' '.join(sys.argv), 'checkpoint': args.checkpoint, 'seed': args.seed,
               'episodes': args.episodes,
               'classes': {kind: dict(counter) for kind, counter in counts.items()},
               'failure_closest_to_target_mm_median': {kind: float(np.median(v)) if v else None
                                                       for kind, v in closest.items()},
               'failure_closest_xy_to_target_mm_median': {kind: float(np.median(v)) if v else None
-                                                         for kind, v in closest_xy.items()}}
+                                                         for kind, v in closest_xy.items()},
+              'touch_failures': touch_failures}
     env.env.close()
     print(json.dumps(report, indent=1))
     if args.json:
