@@ -76,7 +76,9 @@ def system(tmp_path_factory):
         publisher.stop()
         for process in failing.values():
             process.stop()
-        assert codes == (0, 0), node.lines[-20:] + nan_node.lines[-20:]
+        # A joined string: pytest prints it whole, where a list's repr is cut short.
+        assert codes == (0, 0), '\n'.join([f'exit codes (node, nan node) {codes}', '--- node:', *node.lines[-40:],
+                                            '--- nan node:', *nan_node.lines[-40:]])
         for process in (node, nan_node):
             assert not [line for line in process.lines if 'Traceback' in line], process.lines
 

@@ -49,3 +49,26 @@ def test_executor_steps_aside_while_the_gate_is_closed():
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
     assert not spinner.is_alive(), 'spin() did not return after the context shut down'
+
+
+def test_a_shutdown_between_the_ok_check_and_the_wait_ends_spin_quietly():
+    """Ctrl-C can land after ``context.ok()`` and before the executor builds its wait set; rclpy then
+    raises RCLError. The node must exit 0 on Ctrl-C, so spin() returns instead of raising."""
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id(__name__))
+    node = rclpy.create_node('spinning_race_probe', context=context)
+    node.create_timer(0.01, lambda: None)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+
+    class ShutsDownWhileWaiting(ForwardGate):
+        def wait(self):
+            context.shutdown()
+            return True
+
+    try:
+        spin(executor, context, ShutsDownWhileWaiting())
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+    assert not context.ok()
