@@ -35,6 +35,20 @@ def test_collect_writes_the_documented_format(demos):
         assert episode.instruction.startswith(('touch the', 'push the'))
 
 
+def test_frames_resized_while_loading_equal_those_resized_after(demos):
+    """Training reads demonstrations at the model's size (the raw frames never all sit in memory);
+    what it gets must be exactly what resizing the loaded frames gives."""
+    from vla_prune_ros.model.processing import prepare_image
+    out, _ = demos
+    _, raw = load_episodes(out, successful_only=False)
+    _, small = load_episodes(out, successful_only=False, frame_size=56)
+    for before, after in zip(raw, small):
+        for name, frames in before.frames.items():
+            assert after.frames[name].shape == (len(frames), 56, 56, 3)
+            expected = np.stack([prepare_image(frame, 56, center_crop=False) for frame in frames])
+            assert np.array_equal(after.frames[name], expected)
+
+
 def test_a_time_capped_lightvla_run_still_anneals_its_noise_to_zero(demos, tmp_path):
     out, _ = demos
     parser = argparse.ArgumentParser()

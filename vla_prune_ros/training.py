@@ -59,6 +59,13 @@ def sim_small_config(vocab_size: int, stats: dict, camera_names: list[str], acti
         proprio_norm=NormStats(stats['proprio']['q01'], stats['proprio']['q99'], stats['proprio'].get('mask')))
 
 
+def _at_size(frames: np.ndarray, size: int) -> np.ndarray:
+    """(T, H, W, 3) -> (T, size, size, 3), uncropped; frames already at that size are kept, not copied."""
+    if frames.shape[1:3] == (size, size):
+        return frames
+    return np.stack([prepare_image(frame, size, center_crop=False) for frame in frames])
+
+
 class Batches:
     """Random (observation, chunk) samples from demonstrations, with random-crop augmentation.
 
@@ -74,8 +81,7 @@ class Batches:
         self.rng = np.random.default_rng(seed)
         size = config.vision.image_size
         # Frames resized once to the model's resolution; cropping happens per sample.
-        self.frames = [[np.stack([prepare_image(f, size, center_crop=False) for f in e.frames[name]])
-                        for name in config.camera_names] for e in episodes]
+        self.frames = [[_at_size(e.frames[name], size) for name in config.camera_names] for e in episodes]
         self.raw_proprio = [e.proprio for e in episodes]
         self.proprio = [normalize_proprio(e.proprio, config).astype(np.float32) for e in episodes]
         self.targets = [normalize_actions(e.actions, config).astype(np.float32) for e in episodes]
@@ -151,6 +157,30 @@ class Batches:
         self.rng.bit_generator.state = state
 
 
+def sincos_2d_table(grid: int, dim: int) -> torch.Tensor:
+    """(grid * grid, dim), row-major: sin/cos of the row in the first half, of the column in the second
+    (the fixed 2-D table of MAE), so a patch's place on the image is a smooth code from step 0."""
+    quarter = dim // 4
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, columns = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                   indexing='ij')
+
+    def encode(positions):
+        angles = positions.reshape(-1, 1) * frequencies
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(rows), encode(columns)], dim=1).float()
+
+
+def init_sincos_positions(model: VLAModel) -> None:
+    """Start each ViT's (still learned) position embeddings from the 2-D sin-cos table."""
+    grid = model.config.vision.image_size // model.config.vision.patch_size
+    for vit in model.vision_backbones:
+        table = vit.embeddings.position_embedding.weight
+        with torch.no_grad():
+            table[-grid * grid:] = sincos_2d_table(grid, table.shape[1]).to(table.dtype)
+
+
 def apply_lora(model: VLAModel, rank: int):
     from peft import LoraConfig, inject_adapter_in_model
     targets = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
@@ -183,13 +213,15 @@ def train(args: argparse.Namespace) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    # Frames are resized to the model's size as they are read: the raw ones are never all in memory.
+    initial = load_checkpoint(args.init) if args.init else None
+    frame_size = initial[0].config.vision.image_size if initial else args.image_size
     meta, episodes = {}, []
     for directory in args.data:
-        meta, more = load_episodes(Path(directory), limit=args.max_episodes)
+        meta, more = load_episodes(Path(directory), limit=args.max_episodes, frame_size=frame_size)
         episodes += more
-    del more            # only `episodes` may hold the raw frames: they are dropped once Batches has its copies
-    if args.init:
-        model, tokenizer = load_checkpoint(args.init)
+    if initial:
+        model, tokenizer = initial
         stats = json.loads((Path(args.init) / 'dataset_statistics.json').read_text() or '{}')
     else:
         stats = dataset_statistics(episodes)
@@ -198,6 +230,8 @@ def train(args: argparse.Namespace) -> Path:
         config = sim_small_config(len(tokenizer), stats, meta['camera_names'], meta['action_names'],
                                   args.image_size, film=args.film)
         model = VLAModel(config)
+        if getattr(args, 'sincos_positions', False):
+            init_sincos_positions(model)
     model.train()
     pruner = None
     if args.method != 'none':

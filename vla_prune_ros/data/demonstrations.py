@@ -74,13 +74,22 @@ class Episode:
 
 
 def load_episodes(directory: Path, camera_names: list[str] | None = None, successful_only: bool = True,
-                  limit: int | None = None) -> tuple[dict, list[Episode]]:
+                  limit: int | None = None, frame_size: int | None = None) -> tuple[dict, list[Episode]]:
+    """``frame_size``: resize each frame to a square of this size (the model's, uncropped) as it is read,
+    so a large dataset is never held at its recorded resolution."""
     meta = read_meta(directory)
     cameras = camera_names or meta['camera_names']
     episodes = []
+
+    def frames_of(data, name):
+        if frame_size is None:
+            return data[name]
+        from ..model.processing import prepare_image
+        return np.stack([prepare_image(frame, frame_size, center_crop=False) for frame in data[name]])
+
     for path in sorted((Path(directory) / 'episodes').glob('episode_*.npz')):
         with np.load(path) as data:
-            episode = Episode(frames={name: data[name] for name in cameras}, proprio=data['proprio'],
+            episode = Episode(frames={name: frames_of(data, name) for name in cameras}, proprio=data['proprio'],
                               actions=data['actions'], instruction=str(data['instruction']),
                               success=bool(data['success']),
                               privileged=data['privileged'] if 'privileged' in data.files else None)
