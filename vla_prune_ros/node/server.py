@@ -25,6 +25,7 @@ which and why.
 """
 from __future__ import annotations
 
+import gc
 import math
 import sys
 import threading
@@ -398,6 +399,10 @@ def main(args=None) -> int:
     # Measured (benchmarks/intake.md): rclpy's MultiThreadedExecutor starves at 500 Hz joint states and the
     # events executor hangs on the action server's coroutine here; the single-threaded one keeps up,
     # and steps aside while a forward runs (.spinning).
+    # ~375k objects from torch/transformers/rclpy live as long as the node: keep them out of the
+    # collector, or each full collection (and the one at exit) walks them all (measured: 10-20 s to
+    # exit after Ctrl-C on a loaded machine, all in gc_collect_main).
+    gc.freeze()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:

@@ -1,0 +1,113 @@
+"""Can the default policy's architecture learn *where* the instructed cube is, given only that target?
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/localisation_probe.py runs/policy/demos --variant default \
+        --steps 400 --json benchmarks/localisation_probe_default.json
+
+The bundled policy's first chunk is no better than the mean chunk (grounding_probe.*), and in training
+the privileged target head's miss stays at the mean predictor's. This trains the sim-small model
+(FiLM, from scratch, bf16 autocast, AdamW as ``scripts/train_default_policy.sh``) on the privileged
+target alone: no action loss. Every ``--every`` steps it reports the held-out xy miss (mm) of the target
+cube relative to the TCP, against the mean predictor's miss on the same samples. Variants:
+  default   the target head on the mean read-out hidden state (what training uses),
+  sincos    the same, the ViT position embeddings started from a 2-D sin-cos table,
+  patches   the target head on the mean of the patch tokens after the LLM (skips the read-out path),
+  world     the default head, but the target cube's xy in the world frame (no TCP to subtract: the
+            images alone; the primary camera is fixed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vla_prune_ros.auxiliary import PRIVILEGED_SCALE, TargetHead
+from vla_prune_ros.data.demonstrations import dataset_statistics, load_episodes
+from vla_prune_ros.model.configuration_vla import OFT_PROMPT
+from vla_prune_ros.model.modeling_vla import VLAModel
+from vla_prune_ros.model.tokenizer import build_word_tokenizer, prompt_words
+from vla_prune_ros.training import Batches, init_sincos_positions, sim_small_config
+
+VARIANTS = ('default', 'sincos', 'patches', 'world')
+
+
+def xy_miss_mm(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    return float((predicted[:, :2] - target[:, :2]).norm(dim=1).mean()) * PRIVILEGED_SCALE * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('data', type=Path)
+    parser.add_argument('--variant', choices=VARIANTS, default='default')
+    parser.add_argument('--episodes', type=int, default=600, help='the first N for training, the next 100 held out')
+    parser.add_argument('--steps', type=int, default=400)
+    parser.add_argument('--every', type=int, default=50)
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--lr', type=float, default=7e-4)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--json', type=Path)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    meta, episodes = load_episodes(args.data, limit=args.episodes + 100, frame_size=112)
+    train_eps, held_out = episodes[:args.episodes], episodes[args.episodes:]
+    stats = dataset_statistics(train_eps)
+    tokenizer = build_word_tokenizer(prompt_words(OFT_PROMPT, sorted({e.instruction for e in episodes})))
+    config = sim_small_config(len(tokenizer), stats, meta['camera_names'], meta['action_names'], 112, film=True)
+    model = VLAModel(config)
+    if args.variant == 'sincos':
+        init_sincos_positions(model)
+    batches = Batches(train_eps, config, tokenizer, seed=args.seed)
+    held_out_batches = Batches(held_out, config, tokenizer, seed=args.seed + 1, augment=False)
+    if args.variant == 'world':
+        for source in (batches, held_out_batches):   # cube - TCP, plus the TCP: the cube in the world
+            source.privileged = [np.concatenate([p[:, :2] + tcp[:, :2], p[:, 2:]], axis=1)
+                                 for p, tcp in zip(source.privileged, source.raw_proprio)]
+    evaluation = held_out_batches.sample(256, 'cpu')
+    mean_target = torch.tensor(np.concatenate(batches.privileged).mean(0) / PRIVILEGED_SCALE, dtype=torch.float32)
+    baseline = xy_miss_mm(mean_target.expand_as(evaluation['privileged']), evaluation['privileged'])
+    head = TargetHead(model.hidden_size, batches.privileged[0].shape[1])
+    patch_states = {}
+    if args.variant == 'patches':
+        model.llm.norm.register_forward_hook(lambda module, inputs, output: patch_states.update(h=output))
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=args.lr, weight_decay=0.0)
+
+    def predict(batch):
+        with torch.autocast('cpu', torch.bfloat16):
+            _, readout = model(batch['pixels'], batch['proprio'], batch['ids'], batch['padding'], return_readout=True)
+            if args.variant == 'patches':
+                layout = model.layout(batch['ids'].shape[1] - 1)
+                readout = patch_states['h'][:, layout.patch_start:layout.patch_end]
+            return head(readout).float()
+
+    curve, started = [], time.time()
+    for step in range(args.steps + 1):
+        if step % args.every == 0:
+            model.eval()
+            with torch.no_grad():
+                held = xy_miss_mm(predict(evaluation), evaluation['privileged'])
+            model.train()
+            curve.append({'step': step, 'minutes': round((time.time() - started) / 60, 2), 'held_out_miss_mm': held})
+            print(f"{args.variant} step {step}: held-out xy miss {held:.1f} mm (mean predictor {baseline:.1f})",
+                  flush=True)
+        if step == args.steps:
+            break
+        warmup = min(1.0, (step + 1) / 100)
+        for group in optimizer.param_groups:
+            group['lr'] = args.lr * warmup
+        batch = batches.sample(args.batch_size, 'cpu')
+        loss = torch.nn.functional.l1_loss(predict(batch), batch['privileged'])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    result = {'variant': args.variant, 'data': str(args.data), 'episodes': args.episodes, 'steps': args.steps,
+              'mean_predictor_miss_mm': baseline, 'curve': curve}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + '\n')
+
+
+if __name__ == '__main__':
+    main()
