@@ -12,7 +12,8 @@ cube relative to the TCP, against the mean predictor's miss on the same samples.
   sincos    the same, the ViT position embeddings started from a 2-D sin-cos table,
   patches   the target head on the mean of the patch tokens after the LLM (skips the read-out path),
   world     the default head, but the target cube's xy in the world frame (no TCP to subtract: the
-            images alone; the primary camera is fixed).
+            images alone; the primary camera is fixed),
+  patch8    the default, with 8 px patches (a 14 x 14 grid per camera instead of 8 x 8; 3x the tokens).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from vla_prune_ros.model.modeling_vla import VLAModel
 from vla_prune_ros.model.tokenizer import build_word_tokenizer, prompt_words
 from vla_prune_ros.training import Batches, init_sincos_positions, sim_small_config
 
-VARIANTS = ('default', 'sincos', 'patches', 'world')
+VARIANTS = ('default', 'sincos', 'patches', 'world', 'patch8')
 
 
 def xy_miss_mm(predicted: torch.Tensor, target: torch.Tensor) -> float:
@@ -56,6 +57,8 @@ def main() -> None:
     stats = dataset_statistics(train_eps)
     tokenizer = build_word_tokenizer(prompt_words(OFT_PROMPT, sorted({e.instruction for e in episodes})))
     config = sim_small_config(len(tokenizer), stats, meta['camera_names'], meta['action_names'], 112, film=True)
+    if args.variant == 'patch8':
+        config.vision.patch_size = 8
     model = VLAModel(config)
     if args.variant == 'sincos':
         init_sincos_positions(model)
