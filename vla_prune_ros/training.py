@@ -38,7 +38,7 @@ from .model.modeling_vla import VLAModel
 from .auxiliary import (PRIVILEGED_SCALE, PatchPositionHead, PointingHead, TargetHead, patch_positions, target_patch,
                         target_points)
 from .model.processing import (center_crop_box, crop_and_resize, normalize_actions, normalize_proprio,
-                               pad_prompts, pixel_values, prepare_image, prompt_ids, random_crop_box, to_uint8,
+                               pad_prompts, pixel_values, prepare_frames, prompt_ids, random_crop_box, to_uint8,
                                to_unit_float)
 from .model.tokenizer import READOUT_ID, build_word_tokenizer, prompt_words
 from .pruning import create_method
@@ -59,13 +59,6 @@ def sim_small_config(vocab_size: int, stats: dict, camera_names: list[str], acti
         proprio_norm=NormStats(stats['proprio']['q01'], stats['proprio']['q99'], stats['proprio'].get('mask')))
 
 
-def _at_size(frames: np.ndarray, size: int) -> np.ndarray:
-    """(T, H, W, 3) -> (T, size, size, 3), uncropped; frames already at that size are kept, not copied."""
-    if frames.shape[1:3] == (size, size):
-        return frames
-    return np.stack([prepare_image(frame, size, center_crop=False) for frame in frames])
-
-
 class Batches:
     """Random (observation, chunk) samples from demonstrations, with random-crop augmentation.
 
@@ -81,7 +74,7 @@ class Batches:
         self.rng = np.random.default_rng(seed)
         size = config.vision.image_size
         # Frames resized once to the model's resolution; cropping happens per sample.
-        self.frames = [[_at_size(e.frames[name], size) for name in config.camera_names] for e in episodes]
+        self.frames = [[prepare_frames(e.frames[name], size) for name in config.camera_names] for e in episodes]
         self.raw_proprio = [e.proprio for e in episodes]
         self.proprio = [normalize_proprio(e.proprio, config).astype(np.float32) for e in episodes]
         self.targets = [normalize_actions(e.actions, config).astype(np.float32) for e in episodes]
@@ -174,11 +167,11 @@ def sincos_2d_table(grid: int, dim: int) -> torch.Tensor:
 
 def init_sincos_positions(model: VLAModel) -> None:
     """Start each ViT's (still learned) position embeddings from the 2-D sin-cos table."""
-    grid = model.config.vision.image_size // model.config.vision.patch_size
+    grid = model.config.vision.grid
     for vit in model.vision_backbones:
-        table = vit.embeddings.position_embedding.weight
+        table = vit.embeddings.position_embedding.weight    # SigLIP: one row per patch, no class token
         with torch.no_grad():
-            table[-grid * grid:] = sincos_2d_table(grid, table.shape[1]).to(table.dtype)
+            table.copy_(sincos_2d_table(grid, table.shape[1]))
 
 
 def apply_lora(model: VLAModel, rank: int):
@@ -247,7 +240,7 @@ def train(args: argparse.Namespace) -> Path:
     batches = Batches(episodes, model.config, tokenizer, seed=args.seed + accelerator.process_index,
                       camera_geometry=geometry, patch_positions=patch_position_weight > 0)
     episode_count = len(episodes)
-    del episodes        # Batches holds the frames at the model's size; the raw ones would double the memory
+    del episodes        # from here on Batches alone holds the frames
     auxiliary = None
     if args.aux_weight > 0 or per_patch:
         if batches.privileged is None or (per_patch and geometry is None):

@@ -84,8 +84,8 @@ def load_episodes(directory: Path, camera_names: list[str] | None = None, succes
     def frames_of(data, name):
         if frame_size is None:
             return data[name]
-        from ..model.processing import prepare_image
-        return np.stack([prepare_image(frame, frame_size, center_crop=False) for frame in data[name]])
+        from ..model.processing import prepare_frames
+        return prepare_frames(data[name], frame_size)
 
     for path in sorted((Path(directory) / 'episodes').glob('episode_*.npz')):
         with np.load(path) as data:

@@ -96,6 +96,14 @@ def prepare_image(image: np.ndarray, size: int, center_crop: bool) -> np.ndarray
     return to_uint8(crop_and_resize(to_unit_float(image), center_crop_box(), size))
 
 
+def prepare_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, size, size, 3), uncropped (``prepare_image`` per frame); frames already at
+    that size are returned as they are, not copied."""
+    if frames.shape[1:3] == (size, size):
+        return frames
+    return np.stack([prepare_image(frame, size, center_crop=False) for frame in frames])
+
+
 def pixel_values(images: list[np.ndarray], config: VLAConfig) -> torch.Tensor:
     """Prepared uint8 images (one per camera, model order) -> (1, cameras * backbones * 3, S, S) float.
 
