@@ -64,11 +64,14 @@ def main() -> None:
         init_sincos_positions(model)
     batches = Batches(train_eps, config, tokenizer, seed=args.seed)
     held_out_batches = Batches(held_out, config, tokenizer, seed=args.seed + 1, augment=False)
+    # The same count from the training episodes, unaugmented: held-out far above it means too few scenes.
+    training_batches = Batches(train_eps, config, tokenizer, seed=args.seed + 2, augment=False)
     if args.variant == 'world':
-        for source in (batches, held_out_batches):   # cube - TCP, plus the TCP: the cube in the world
+        for source in (batches, held_out_batches, training_batches):   # cube - TCP, plus the TCP: the cube in the world
             source.privileged = [np.concatenate([p[:, :2] + tcp[:, :2], p[:, 2:]], axis=1)
                                  for p, tcp in zip(source.privileged, source.raw_proprio)]
     evaluation = held_out_batches.sample(256, 'cpu')
+    training_sample = training_batches.sample(256, 'cpu')
     mean_target = torch.tensor(np.concatenate(batches.privileged).mean(0) / PRIVILEGED_SCALE, dtype=torch.float32)
     baseline = xy_miss_mm(mean_target.expand_as(evaluation['privileged']), evaluation['privileged'])
     head = TargetHead(model.hidden_size, batches.privileged[0].shape[1])
@@ -91,10 +94,12 @@ def main() -> None:
             model.eval()
             with torch.no_grad():
                 held = xy_miss_mm(predict(evaluation), evaluation['privileged'])
+                seen = xy_miss_mm(predict(training_sample), training_sample['privileged'])
             model.train()
-            curve.append({'step': step, 'minutes': round((time.time() - started) / 60, 2), 'held_out_miss_mm': held})
-            print(f"{args.variant} step {step}: held-out xy miss {held:.1f} mm (mean predictor {baseline:.1f})",
-                  flush=True)
+            curve.append({'step': step, 'minutes': round((time.time() - started) / 60, 2), 'held_out_miss_mm': held,
+                          'training_miss_mm': seen})
+            print(f"{args.variant} step {step}: held-out xy miss {held:.1f} mm, training {seen:.1f} "
+                  f"(mean predictor {baseline:.1f})", flush=True)
         if step == args.steps:
             break
         warmup = min(1.0, (step + 1) / 100)
