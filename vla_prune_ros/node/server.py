@@ -384,7 +384,26 @@ class VLAPruneNode(Node):
         self._action_server.destroy()
 
 
+MALLOC_ARENAS = 2   # glibc's default is 8 per core, one taken by each thread that contends
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """``MALLOC_ARENA_MAX`` from inside the process, before the DDS and torch threads start allocating.
+
+    Why (benchmarks/soak_repeat*_{plain,arena2}.md): in four 10-minute soaks the p50 latency drifted
+    +10.1 % and +11.0 % with glibc's default arenas, -0.1 % and +2.0 % with two. Arenas made before this
+    call (importing torch and rclpy makes a few) stay. False where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c'))
+        return bool(libc.mallopt(-8, int(arenas)))    # -8 is M_ARENA_MAX in glibc's malloc.h
+    except (OSError, AttributeError, TypeError):
+        return False
+
+
 def main(args=None) -> int:
+    limit_malloc_arenas()
     try:
         rclpy.init(args=args)
     except Exception as error:  # noqa: BLE001 - e.g. a malformed --ros-args rule: one line, no traceback
