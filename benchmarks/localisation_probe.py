@@ -13,7 +13,8 @@ cube relative to the TCP, against the mean predictor's miss on the same samples.
   patches   the target head on the mean of the patch tokens after the LLM (skips the read-out path),
   world     the default head, but the target cube's xy in the world frame (no TCP to subtract: the
             images alone; the primary camera is fixed),
-  patch8    the default, with 8 px patches (a 14 x 14 grid per camera instead of 8 x 8; 3x the tokens).
+  patch8    the default, with 8 px patches (a 14 x 14 grid per camera instead of 8 x 8; 3x the tokens),
+  far       the default, with samples whose target is over 60 mm away in xy drawn 4x as often.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from vla_prune_ros.model.modeling_vla import VLAModel
 from vla_prune_ros.model.tokenizer import build_word_tokenizer, prompt_words
 from vla_prune_ros.training import Batches, init_sincos_positions, sim_small_config
 
-VARIANTS = ('default', 'sincos', 'patches', 'world', 'patch8')
+VARIANTS = ('default', 'sincos', 'patches', 'world', 'patch8', 'far')
 
 
 def xy_misses_mm(predicted: torch.Tensor, target: torch.Tensor) -> np.ndarray:
@@ -84,6 +85,10 @@ def main() -> None:
         for source in (batches, held_out_batches, training_batches):   # cube - TCP, plus the TCP: the cube in the world
             source.privileged = [np.concatenate([p[:, :2] + tcp[:, :2], p[:, 2:]], axis=1)
                                  for p, tcp in zip(source.privileged, source.raw_proprio)]
+    if args.variant == 'far':
+        far = np.concatenate([np.linalg.norm(p[:, :2], axis=1) > 0.06 for p in batches.privileged])
+        weights = np.where(far, 4.0, 1.0)
+        batches.sample_weights = weights / weights.sum()
     evaluation = held_out_batches.sample(256, 'cpu')
     training_sample = training_batches.sample(256, 'cpu')
     mean_target = torch.tensor(np.concatenate(batches.privileged).mean(0) / PRIVILEGED_SCALE, dtype=torch.float32)

@@ -49,6 +49,29 @@ def test_frames_resized_while_loading_equal_those_resized_after(demos):
             assert np.array_equal(after.frames[name], expected)
 
 
+def test_batches_draw_by_their_sample_weights(demos):
+    """With ``sample_weights`` all on one frame, every sample is that frame (its proprio); uniform
+    sampling over the same data gives several."""
+    from vla_prune_ros.data.demonstrations import dataset_statistics
+    from vla_prune_ros.model.configuration_vla import OFT_PROMPT
+    from vla_prune_ros.model.tokenizer import build_word_tokenizer, prompt_words
+    from vla_prune_ros.training import Batches, sim_small_config
+    out, _ = demos
+    meta, episodes = load_episodes(out, successful_only=False, frame_size=56)
+    tokenizer = build_word_tokenizer(prompt_words(OFT_PROMPT, sorted({e.instruction for e in episodes})))
+    config = sim_small_config(len(tokenizer), dataset_statistics(episodes), meta['camera_names'],
+                              meta['action_names'], image_size=56)
+    batches = Batches(episodes, config, tokenizer, seed=0)
+    assert len({tuple(row) for row in batches.sample(16, 'cpu')['proprio'].tolist()}) > 1
+    chosen = len(batches) // 2
+    weights = np.zeros(len(batches))
+    weights[chosen] = 1.0
+    batches.sample_weights = weights
+    episode, t = batches.index[chosen]
+    proprio = batches.sample(16, 'cpu')['proprio'].numpy()
+    assert np.array_equal(proprio, np.repeat(batches.proprio[episode][t][None], 16, axis=0))
+
+
 def test_a_time_capped_lightvla_run_still_anneals_its_noise_to_zero(demos, tmp_path):
     out, _ = demos
     parser = argparse.ArgumentParser()

@@ -81,13 +81,17 @@ class Batches:
         self.prompts = [prompt_ids(tokenizer, e.instruction, config) for e in episodes]
         self.privileged = [e.privileged for e in episodes] if all(e.privileged is not None for e in episodes) else None
         self.index = [(i, t) for i, e in enumerate(episodes) for t in range(len(e))]
+        self.sample_weights: np.ndarray | None = None   # per entry of ``index``; None = uniform
 
     def __len__(self) -> int:
         return len(self.index)
 
     def sample(self, batch_size: int, device) -> dict[str, torch.Tensor]:
         config, size = self.config, self.config.vision.image_size
-        picks = self.rng.integers(0, len(self.index), size=batch_size)
+        if self.sample_weights is None:
+            picks = self.rng.integers(0, len(self.index), size=batch_size)
+        else:
+            picks = self.rng.choice(len(self.index), size=batch_size, p=self.sample_weights)
         pixels, proprio, targets, prompts, privileged, pointing, positions = [], [], [], [], [], [], []
         pointing_on = self.camera_geometry is not None and self.privileged is not None
         for pick in picks:
