@@ -384,7 +384,7 @@ class VLAPruneNode(Node):
         self._action_server.destroy()
 
 
-MALLOC_ARENAS = 2   # glibc's default is 8 per core, one taken by each thread that contends
+MALLOC_ARENAS = 2   # glibc allows 8 per core by default; each new thread that allocates may take one
 
 
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
