@@ -14,7 +14,8 @@ cube relative to the TCP, against the mean predictor's miss on the same samples.
   world     the default head, but the target cube's xy in the world frame (no TCP to subtract: the
             images alone; the primary camera is fixed),
   patch8    the default, with 8 px patches (a 14 x 14 grid per camera instead of 8 x 8; 3x the tokens),
-  far       the default, with samples whose target is over 60 mm away in xy drawn 4x as often.
+  far       the default, with samples whose target is over 60 mm away in xy drawn 4x as often,
+  pointing  the default plus the recipe's training-only pointing loss (weight 1, entering LLM layer 2).
 """
 from __future__ import annotations
 
@@ -26,14 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vla_prune_ros.auxiliary import PRIVILEGED_SCALE, TargetHead
+from vla_prune_ros.auxiliary import PRIVILEGED_SCALE, PointingHead, TargetHead
 from vla_prune_ros.data.demonstrations import dataset_statistics, load_episodes
 from vla_prune_ros.model.configuration_vla import OFT_PROMPT
 from vla_prune_ros.model.modeling_vla import VLAModel
 from vla_prune_ros.model.tokenizer import build_word_tokenizer, prompt_words
 from vla_prune_ros.training import Batches, init_sincos_positions, sim_small_config
 
-VARIANTS = ('default', 'sincos', 'patches', 'world', 'patch8', 'far')
+VARIANTS = ('default', 'sincos', 'patches', 'world', 'patch8', 'far', 'pointing')
 
 
 def xy_misses_mm(predicted: torch.Tensor, target: torch.Tensor) -> np.ndarray:
@@ -77,7 +78,8 @@ def main() -> None:
     model = VLAModel(config)
     if args.variant == 'sincos':
         init_sincos_positions(model)
-    batches = Batches(train_eps, config, tokenizer, seed=args.seed)
+    batches = Batches(train_eps, config, tokenizer, seed=args.seed,
+                      camera_geometry=meta['camera_geometry'] if args.variant == 'pointing' else None)
     held_out_batches = Batches(held_out, config, tokenizer, seed=args.seed + 1, augment=False)
     # The same count from the training episodes, unaugmented: held-out far above it means too few scenes.
     training_batches = Batches(train_eps, config, tokenizer, seed=args.seed + 2, augment=False)
@@ -101,7 +103,12 @@ def main() -> None:
     patch_states = {}
     if args.variant == 'patches':
         model.llm.norm.register_forward_hook(lambda module, inputs, output: patch_states.update(h=output))
-    optimizer = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=args.lr, weight_decay=0.0)
+    pointing = PointingHead(model.hidden_size)
+    if args.variant == 'pointing':
+        model.llm.layers[2].input_layernorm.register_forward_hook(
+            lambda module, inputs, output: patch_states.update(pointing=output))
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()) + list(pointing.parameters()),
+                                  lr=args.lr, weight_decay=0.0)
 
     def predict(batch):
         with torch.autocast('cpu', torch.bfloat16):
@@ -131,6 +138,10 @@ def main() -> None:
             group['lr'] = args.lr * warmup
         batch = batches.sample(args.batch_size, 'cpu')
         loss = torch.nn.functional.l1_loss(predict(batch), batch['privileged'])
+        if args.variant == 'pointing':
+            layout = model.layout(batch['ids'].shape[1] - 1)
+            loss = loss + pointing.loss(patch_states['pointing'][:, layout.patch_start:layout.patch_end],
+                                        batch['target_patches'])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
