@@ -35,6 +35,7 @@ from vla_prune_ros.model.tokenizer import build_word_tokenizer, prompt_words
 from vla_prune_ros.training import Batches, init_sincos_positions, sim_small_config
 
 VARIANTS = ('default', 'sincos', 'patches', 'world', 'patch8', 'far', 'pointing')
+FAR_MM = 60   # a target farther than this in xy: the first steps, which only the images can answer
 
 
 def xy_misses_mm(predicted: torch.Tensor, target: torch.Tensor) -> np.ndarray:
@@ -48,8 +49,8 @@ def xy_miss_mm(predicted: torch.Tensor, target: torch.Tensor) -> float:
 def miss_shape(misses: np.ndarray, distances: np.ndarray) -> dict:
     """A mean of ~a patch is either every sample off by a patch (resolution) or a few off by a cube's
     spacing (the wrong cube: grounding); the median and the tails tell which, and the mean over samples
-    whose target is more than 60 mm away in xy (the first steps, which only the images can answer)."""
-    far = distances > 60
+    whose target is more than FAR_MM away in xy."""
+    far = distances > FAR_MM
     return {'median_mm': float(np.median(misses)), 'p90_mm': float(np.percentile(misses, 90)),
             'within_15mm': float(np.mean(misses <= 15)), 'beyond_60mm': float(np.mean(misses > 60)),
             'far_share': float(np.mean(far)), 'far_mean_mm': float(misses[far].mean()) if far.any() else None}
@@ -88,16 +89,16 @@ def main() -> None:
             source.privileged = [np.concatenate([p[:, :2] + tcp[:, :2], p[:, 2:]], axis=1)
                                  for p, tcp in zip(source.privileged, source.raw_proprio)]
     if args.variant == 'far':
-        far = np.concatenate([np.linalg.norm(p[:, :2], axis=1) > 0.06 for p in batches.privileged])
+        far = np.concatenate([np.linalg.norm(p[:, :2], axis=1) * 1000 > FAR_MM for p in batches.privileged])
         weights = np.where(far, 4.0, 1.0)
         batches.sample_weights = weights / weights.sum()
     evaluation = held_out_batches.sample(256, 'cpu')
     training_sample = training_batches.sample(256, 'cpu')
     mean_target = torch.tensor(np.concatenate(batches.privileged).mean(0) / PRIVILEGED_SCALE, dtype=torch.float32)
-    baseline = xy_miss_mm(mean_target.expand_as(evaluation['privileged']), evaluation['privileged'])
+    baseline_misses = xy_misses_mm(mean_target.expand_as(evaluation['privileged']), evaluation['privileged'])
+    baseline = float(baseline_misses.mean())
     distances = xy_misses_mm(torch.zeros_like(evaluation['privileged']), evaluation['privileged'])
-    baseline_shape = miss_shape(xy_misses_mm(mean_target.expand_as(evaluation['privileged']),
-                                             evaluation['privileged']), distances)
+    baseline_shape = miss_shape(baseline_misses, distances)
     print(f'mean predictor on the held-out samples: {baseline_shape}', flush=True)
     head = TargetHead(model.hidden_size, batches.privileged[0].shape[1])
     patch_states = {}
