@@ -1,10 +1,16 @@
 """The node's inputs: the newest message per camera and per joint-state layout, and the rules that
 decide whether they make an :class:`Observation`.
 
-Intake costs almost nothing: a sensor callback ticks a rate meter, checks a raw image's layout (a few
-comparisons, no pixels touched) and stores the message with its arrival time. Pixels are converted
-(or JPEG/PNG decoded), joint positions merged, the end-effector twist and the proprio computed only
-for the sample a goal actually uses, on the execute thread, when it uses it.
+Intake costs almost nothing: a camera callback ticks a rate meter, checks a raw image's layout (a few
+comparisons, no pixels touched) and stores the message with its arrival time. Joint states, at robot
+rates (500 Hz and more), never wake the executor: their subscription is *pulled* (:class:`PulledGroup`)
+and :meth:`LatestInputs.drain_joint_states` takes what DDS holds in one batch, every
+``JOINT_DRAIN_PERIOD`` on a steady timer and again whenever a goal reads the joints. Each message keeps
+the arrival time rmw measured, so ages and a layout's period are those of the arrival, not of the batch.
+(An executor-driven subscription costs a fraction of a millisecond of Python per message:
+benchmarks/subscription_cost.md.) Pixels are converted (or JPEG/PNG decoded), joint positions merged,
+the end-effector twist and the proprio computed only for the sample a goal actually uses, on the
+execute thread, when it uses it.
 
 Freshness uses both clocks (see README, "Freshness"): a message is stale when its header stamp is older
 than ``max_input_age`` by the node's clock, or when it *arrived* longer ago than that; a stamp more than
@@ -21,7 +27,10 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import numpy as np
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.callback_groups import CallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import InvalidHandle
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool
 
@@ -33,6 +42,24 @@ WARN_PERIOD = 2.0             # s between repeated warnings about the same thing
 MAX_JOINT_LAYOUTS = 16        # distinct JointState name lists kept (arm and gripper often publish apart)
 LAYOUT_SLACK_NS = 5_000_000   # scheduling jitter allowed on top of two periods of a joint layout
 LAYOUT_FIRST_NS = 100_000_000  # a layout seen once counts as current this long
+JOINT_DRAIN_PERIOD = 0.05     # s between batch takes of the joint states while no goal asks for them
+# Sensor-data QoS, but deep enough to hold every joint state between two drains at 1 kHz, with a forward
+# pass (the executor's pause) in between: rates and layout periods count every message.
+JOINT_STATE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=200, reliability=ReliabilityPolicy.BEST_EFFORT,
+                             durability=DurabilityPolicy.VOLATILE)
+
+
+class PulledGroup(CallbackGroup):
+    """A callback group no executor ever runs or waits on: its subscriptions are taken by hand."""
+
+    def can_execute(self, entity) -> bool:
+        return False
+
+    def beginning_execution(self, entity) -> bool:
+        return False
+
+    def ending_execution(self, entity) -> None:
+        pass
 
 
 class StaleInput(RuntimeError):
@@ -46,6 +73,7 @@ class RateMeter:
         self.window, self.times, self.first = window, deque(), None
 
     def tick(self, now: float) -> None:
+        """Count a message that arrived at ``now`` (monotonic s; ticks come in arrival order)."""
         if self.first is None:
             self.first = now
         self.times.append(now)
@@ -174,8 +202,12 @@ class LatestInputs:
             kind = CompressedImage if self._compressed[index] else Image
             node.create_subscription(kind, topic, lambda msg, i=index: self._on_image(msg, i),
                                      qos_profile_sensor_data, callback_group=callback_group)
-        node.create_subscription(JointState, joint_states_topic, self._on_joint_state, qos_profile_sensor_data,
-                                 callback_group=callback_group)
+        self._joint_subscription = node.create_subscription(JointState, joint_states_topic, lambda msg: None,
+                                                            JOINT_STATE_QOS, callback_group=PulledGroup())
+        self._drain_lock = threading.Lock()
+        # A steady clock: under use_sim_time a paused /clock must not stop the intake.
+        node.create_timer(JOINT_DRAIN_PERIOD, self.drain_joint_states, callback_group=callback_group,
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
         node.create_subscription(Bool, success_topic, self._on_success, 10, callback_group=callback_group)
 
     def _now_ns(self) -> int:
@@ -195,14 +227,32 @@ class LatestInputs:
                 return
         self._latest[index] = Arrival(msg, self._now_ns())
 
-    def _on_joint_state(self, msg: JointState) -> None:
-        self._rates[self._joint_topic].tick(time.monotonic())
+    def drain_joint_states(self) -> int:
+        """Take every joint state DDS holds, oldest first, and store each with its arrival time; returns how
+        many. Called by the timer (executor thread) and before each read (execute thread)."""
+        taken = 0
+        with self._drain_lock:
+            try:
+                with self._joint_subscription.handle:
+                    while (sample := self._joint_subscription.handle.take_message(JointState, False)) is not None:
+                        if not taken:   # one clock reading per batch keeps the arrivals in order
+                            node_now, system_now, monotonic_now = self._now_ns(), time.time_ns(), time.monotonic()
+                        msg, info = sample
+                        # rmw's receive time is system time; 0 where the middleware does not measure it
+                        waited = max(0, system_now - info['received_timestamp']) if info['received_timestamp'] else 0
+                        self._store_joint_state(msg, node_now - waited, monotonic_now - waited * 1e-9)
+                        taken += 1
+            except InvalidHandle:       # destroyed at shutdown
+                pass
+        return taken
+
+    def _store_joint_state(self, msg: JointState, received: int, arrived_monotonic: float) -> None:
+        self._rates[self._joint_topic].tick(arrived_monotonic)
         layouts = self._joint_layouts
         layout = tuple(msg.name)
         previous = layouts.get(layout)
         if previous is None and len(layouts) >= MAX_JOINT_LAYOUTS:
             layouts.pop(min(layouts, key=lambda key: layouts[key].received_ns))
-        received = self._now_ns()
         layouts[layout] = Arrival(msg, received, received - previous.received_ns if previous else 0)
 
     def _on_success(self, msg: Bool) -> None:
@@ -288,6 +338,7 @@ class LatestInputs:
         """The twist from the newest joint state (computed now if that state is new); None when unknown."""
         if self._velocity is None:
             return None
+        self.drain_joint_states()
         with self._velocity_lock:
             arrival = self._velocity_source()
             if arrival is None:
@@ -321,6 +372,7 @@ class LatestInputs:
     def observe(self, max_age: float) -> Observation:
         """The newest inputs, converted now; raises StaleInput when any is missing, too old or from the future."""
         picked_up = time.perf_counter()
+        self.drain_joint_states()
         now = self._now_ns()
         frames, conversion = [], 0.0
         for index in range(len(self._topics)):
