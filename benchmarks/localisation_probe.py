@@ -84,6 +84,10 @@ def main() -> None:
     held_out_batches = Batches(held_out, config, tokenizer, seed=args.seed + 1, augment=False)
     # The same count from the training episodes, unaugmented: held-out far above it means too few scenes.
     training_batches = Batches(train_eps, config, tokenizer, seed=args.seed + 2, augment=False)
+    # The same held-out draws, kept relative to the TCP: a sample is "far" by its cube - TCP distance in
+    # every variant, so the world variant's far mean reads against the others'.
+    distances = xy_misses_mm(torch.zeros(256, 3), Batches(held_out, config, tokenizer, seed=args.seed + 1,
+                                                          augment=False).sample(256, 'cpu')['privileged'])
     if args.variant == 'world':
         for source in (batches, held_out_batches, training_batches):   # cube - TCP, plus the TCP: the cube in the world
             source.privileged = [np.concatenate([p[:, :2] + tcp[:, :2], p[:, 2:]], axis=1)
@@ -97,7 +101,6 @@ def main() -> None:
     mean_target = torch.tensor(np.concatenate(batches.privileged).mean(0) / PRIVILEGED_SCALE, dtype=torch.float32)
     baseline_misses = xy_misses_mm(mean_target.expand_as(evaluation['privileged']), evaluation['privileged'])
     baseline = float(baseline_misses.mean())
-    distances = xy_misses_mm(torch.zeros_like(evaluation['privileged']), evaluation['privileged'])
     baseline_shape = miss_shape(baseline_misses, distances)
     print(f'mean predictor on the held-out samples: {baseline_shape}', flush=True)
     head = TargetHead(model.hidden_size, batches.privileged[0].shape[1])

@@ -13,7 +13,7 @@ PY="$ROOT/.venv/bin/python"
 RUNS="${1:-3}"
 shift || true
 TESTS=(test/test_node_e2e.py test/test_node_bad_input.py test/test_node_robustness.py test/test_large_frames.py
-       test/test_recording.py test/test_node_async.py test/test_sim_async.py)
+       test/test_recording.py test/test_node_async.py test/test_sim_async.py test/test_pulled_joint_states.py)
 CORES="$(nproc)"
 
 load_pids=()
