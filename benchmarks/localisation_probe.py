@@ -16,6 +16,8 @@ cube relative to the TCP, against the mean predictor's miss on the same samples.
   patch8    the default, with 8 px patches (a 14 x 14 grid per camera instead of 8 x 8; 3x the tokens),
   far       the default, with samples whose target is over 60 mm away in xy drawn 4x as often,
   pointing  the default plus the recipe's training-only pointing loss (weight 1, entering LLM layer 2).
+At the end it reports where the far held-out predictions land (``far_attribution``): on the named cube,
+another cube, a pad, or nothing, which tells a grounding failure from a position the images do not give.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from vla_prune_ros.training import Batches, init_sincos_positions, sim_small_con
 
 VARIANTS = ('default', 'sincos', 'patches', 'world', 'patch8', 'far', 'pointing')
 FAR_MM = 60   # a target farther than this in xy: the first steps, which only the images can answer
+NEAR_OBJECT_MM = 40   # a prediction this close to an object is "on" it (cubes start >= 90 mm apart)
 
 
 def xy_misses_mm(predicted: torch.Tensor, target: torch.Tensor) -> np.ndarray:
@@ -54,6 +57,26 @@ def miss_shape(misses: np.ndarray, distances: np.ndarray) -> dict:
     return {'median_mm': float(np.median(misses)), 'p90_mm': float(np.percentile(misses, 90)),
             'within_15mm': float(np.mean(misses <= 15)), 'beyond_60mm': float(np.mean(misses > 60)),
             'far_share': float(np.mean(far)), 'far_mean_mm': float(misses[far].mean()) if far.any() else None}
+
+
+def far_attribution(predicted: torch.Tensor, drawn, source: Batches, episodes, distances, world: bool) -> dict:
+    """Which object each far prediction lands on: the named cube, another cube, a pad (pads share the
+    cubes' colours), or nothing within NEAR_OBJECT_MM. Wrong objects mean grounding; nothing means
+    the position itself is not read from the image. Scenes are redrawn from the episode seeds."""
+    from vla_prune_ros.sim.tasks import sample_task
+    counts = {'named_cube': 0, 'other_cube': 0, 'pad': 0, 'nothing': 0}
+    for row, (episode, t) in enumerate(drawn):
+        if distances[row] <= FAR_MM:
+            continue
+        spec = sample_task(np.random.default_rng(episodes[episode].seed), episodes[episode].task)
+        guess = predicted[row, :2].numpy() * PRIVILEGED_SCALE + (0 if world else source.raw_proprio[episode][t][:2])
+        objects = [('named_cube' if i == 0 else 'other_cube', xy) for i, xy in enumerate(spec.cube_positions)]
+        objects += [('pad', xy) for xy in spec.pad_positions]
+        gaps = [np.linalg.norm(guess - xy) * 1000 for _, xy in objects]
+        nearest = int(np.argmin(gaps))
+        counts[objects[nearest][0] if gaps[nearest] <= NEAR_OBJECT_MM else 'nothing'] += 1
+    total = max(1, sum(counts.values()))
+    return {name: round(count / total, 3) for name, count in counts.items()}
 
 
 def main() -> None:
@@ -97,6 +120,11 @@ def main() -> None:
         weights = np.where(far, 4.0, 1.0)
         batches.sample_weights = weights / weights.sum()
     evaluation = held_out_batches.sample(256, 'cpu')
+    evaluation_drawn = held_out_batches.last_drawn
+    # The true targets must land on the named cube, or the redrawn scenes do not match the episodes.
+    truth = far_attribution(evaluation['privileged'], evaluation_drawn, held_out_batches, held_out, distances,
+                            args.variant == 'world')
+    assert truth['named_cube'] >= 0.95, f'redrawn scenes do not match the recorded targets: {truth}'
     training_sample = training_batches.sample(256, 'cpu')
     mean_target = torch.tensor(np.concatenate(batches.privileged).mean(0) / PRIVILEGED_SCALE, dtype=torch.float32)
     baseline_misses = xy_misses_mm(mean_target.expand_as(evaluation['privileged']), evaluation['privileged'])
@@ -150,7 +178,12 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-    result = {'variant': args.variant, 'data': str(args.data), 'episodes': args.episodes, 'steps': args.steps,
+    model.eval()
+    with torch.no_grad():
+        attribution = far_attribution(predict(evaluation), evaluation_drawn, held_out_batches, held_out, distances,
+                                      args.variant == 'world')
+    print(f'far held-out predictions land on: {attribution}', flush=True)
+    result = {'variant': args.variant, 'far_attribution': attribution, 'data': str(args.data), 'episodes': args.episodes, 'steps': args.steps,
               'mean_predictor_miss_mm': baseline, 'mean_predictor_held_out': baseline_shape, 'curve': curve}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + '\n')

@@ -82,6 +82,7 @@ class Batches:
         self.privileged = [e.privileged for e in episodes] if all(e.privileged is not None for e in episodes) else None
         self.index = [(i, t) for i, e in enumerate(episodes) for t in range(len(e))]
         self.sample_weights: np.ndarray | None = None   # per entry of ``index``; None = uniform
+        self.last_drawn: list[tuple[int, int]] = []       # (episode, step) of each sample last drawn
 
     def __len__(self) -> int:
         return len(self.index)
@@ -94,6 +95,7 @@ class Batches:
             picks = self.rng.choice(len(self.index), size=batch_size, p=self.sample_weights)
         pixels, proprio, targets, prompts, privileged, pointing, positions = [], [], [], [], [], [], []
         pointing_on = self.camera_geometry is not None and self.privileged is not None
+        self.last_drawn = [self.index[pick] for pick in picks]
         for pick in picks:
             episode, t = self.index[pick]
             frames, boxes = [], []

@@ -68,6 +68,8 @@ class Episode:
     instruction: str
     success: bool
     privileged: np.ndarray | None = None
+    task: str = ''
+    seed: int | None = None          # the simulator's episode seed, when recorded: its scene can be redrawn
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -92,7 +94,9 @@ def load_episodes(directory: Path, camera_names: list[str] | None = None, succes
             episode = Episode(frames={name: frames_of(data, name) for name in cameras}, proprio=data['proprio'],
                               actions=data['actions'], instruction=str(data['instruction']),
                               success=bool(data['success']),
-                              privileged=data['privileged'] if 'privileged' in data.files else None)
+                              privileged=data['privileged'] if 'privileged' in data.files else None,
+                              task=str(data['task']) if 'task' in data.files else '',
+                              seed=int(data['seed']) if 'seed' in data.files else None)
         if successful_only and not episode.success:
             continue
         episodes.append(episode)
