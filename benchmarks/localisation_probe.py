@@ -34,10 +34,9 @@ from vla_prune_ros.data.demonstrations import dataset_statistics, load_episodes
 from vla_prune_ros.model.configuration_vla import OFT_PROMPT
 from vla_prune_ros.model.modeling_vla import VLAModel
 from vla_prune_ros.model.tokenizer import build_word_tokenizer, prompt_words
-from vla_prune_ros.training import Batches, init_sincos_positions, sim_small_config
+from vla_prune_ros.training import FAR_TARGET_MM, Batches, init_sincos_positions, sim_small_config
 
 VARIANTS = ('default', 'sincos', 'patches', 'world', 'patch8', 'far', 'pointing')
-FAR_MM = 60   # a target farther than this in xy: the first steps, which only the images can answer
 NEAR_OBJECT_MM = 40   # a prediction this close to an object is "on" it (cubes start >= 90 mm apart)
 
 
@@ -52,8 +51,8 @@ def xy_miss_mm(predicted: torch.Tensor, target: torch.Tensor) -> float:
 def miss_shape(misses: np.ndarray, distances: np.ndarray) -> dict:
     """A mean of ~a patch is either every sample off by a patch (resolution) or a few off by a cube's
     spacing (the wrong cube: grounding); the median and the tails tell which, and the mean over samples
-    whose target is more than FAR_MM away in xy."""
-    far = distances > FAR_MM
+    whose target is more than FAR_TARGET_MM away in xy."""
+    far = distances > FAR_TARGET_MM
     return {'median_mm': float(np.median(misses)), 'p90_mm': float(np.percentile(misses, 90)),
             'within_15mm': float(np.mean(misses <= 15)), 'beyond_60mm': float(np.mean(misses > 60)),
             'far_share': float(np.mean(far)), 'far_mean_mm': float(misses[far].mean()) if far.any() else None}
@@ -66,7 +65,7 @@ def far_attribution(predicted: torch.Tensor, drawn, source: Batches, episodes, d
     from vla_prune_ros.sim.tasks import sample_task
     counts = {'named_cube': 0, 'other_cube': 0, 'pad': 0, 'nothing': 0}
     for row, (episode, t) in enumerate(drawn):
-        if distances[row] <= FAR_MM:
+        if distances[row] <= FAR_TARGET_MM:
             continue
         spec = sample_task(np.random.default_rng(episodes[episode].seed), episodes[episode].task)
         guess = predicted[row, :2].numpy() * PRIVILEGED_SCALE + (0 if world else source.raw_proprio[episode][t][:2])
@@ -116,9 +115,7 @@ def main() -> None:
             source.privileged = [np.concatenate([p[:, :2] + tcp[:, :2], p[:, 2:]], axis=1)
                                  for p, tcp in zip(source.privileged, source.raw_proprio)]
     if args.variant == 'far':
-        far = np.concatenate([np.linalg.norm(p[:, :2], axis=1) * 1000 > FAR_MM for p in batches.privileged])
-        weights = np.where(far, 4.0, 1.0)
-        batches.sample_weights = weights / weights.sum()
+        batches.weight_far_targets(4.0)
     evaluation = held_out_batches.sample(256, 'cpu')
     evaluation_drawn = held_out_batches.last_drawn
     # The true targets must land on the named cube, or the redrawn scenes do not match the episodes.

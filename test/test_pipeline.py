@@ -72,6 +72,27 @@ def test_batches_draw_by_their_sample_weights(demos):
     assert np.array_equal(proprio, np.repeat(batches.proprio[episode][t][None], 16, axis=0))
 
 
+def test_far_target_weighting_draws_far_samples_that_much_more_often(demos):
+    """``weight_far_targets(w)``: the probability mass on far samples is w times their uniform share,
+    relative to the near ones; the far set is the targets over FAR_TARGET_MM from the TCP."""
+    from vla_prune_ros.data.demonstrations import dataset_statistics
+    from vla_prune_ros.model.configuration_vla import OFT_PROMPT
+    from vla_prune_ros.model.tokenizer import build_word_tokenizer, prompt_words
+    from vla_prune_ros.training import FAR_TARGET_MM, Batches, sim_small_config
+    out, _ = demos
+    meta, episodes = load_episodes(out, successful_only=False, frame_size=56)
+    tokenizer = build_word_tokenizer(prompt_words(OFT_PROMPT, sorted({e.instruction for e in episodes})))
+    config = sim_small_config(len(tokenizer), dataset_statistics(episodes), meta['camera_names'],
+                              meta['action_names'], image_size=56)
+    batches = Batches(episodes, config, tokenizer, seed=0)
+    far = np.array([np.linalg.norm(batches.privileged[e][t][:2]) * 1000 > FAR_TARGET_MM for e, t in batches.index])
+    assert 0 < far.sum() < len(far)
+    batches.weight_far_targets(4.0)
+    weights = batches.sample_weights
+    assert np.isclose(weights.sum(), 1.0)
+    assert np.allclose(weights[far] / weights[~far].max(), 4.0) and np.allclose(weights[~far], weights[~far][0])
+
+
 def test_a_time_capped_lightvla_run_still_anneals_its_noise_to_zero(demos, tmp_path):
     out, _ = demos
     parser = argparse.ArgumentParser()

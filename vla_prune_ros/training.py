@@ -59,6 +59,9 @@ def sim_small_config(vocab_size: int, stats: dict, camera_names: list[str], acti
         proprio_norm=NormStats(stats['proprio']['q01'], stats['proprio']['q99'], stats['proprio'].get('mask')))
 
 
+FAR_TARGET_MM = 60   # privileged target farther than this from the TCP in xy: a "far" sample
+
+
 class Batches:
     """Random (observation, chunk) samples from demonstrations, with random-crop augmentation.
 
@@ -86,6 +89,15 @@ class Batches:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def weight_far_targets(self, weight: float) -> None:
+        """Draw samples whose target lies over FAR_TARGET_MM from the TCP in xy ``weight`` times as often:
+        an episode's first steps, where only the third-person view says where the named cube is."""
+        if self.privileged is None:
+            raise ValueError('weighting far targets needs demonstrations with privileged targets')
+        far = np.concatenate([np.linalg.norm(p[:, :2], axis=1) * 1000 > FAR_TARGET_MM for p in self.privileged])
+        weights = np.where(far, weight, 1.0)
+        self.sample_weights = weights / weights.sum()
 
     def sample(self, batch_size: int, device) -> dict[str, torch.Tensor]:
         config, size = self.config, self.config.vision.image_size
@@ -245,6 +257,8 @@ def train(args: argparse.Namespace) -> Path:
     geometry = meta.get('camera_geometry') if per_patch else None
     batches = Batches(episodes, model.config, tokenizer, seed=args.seed + accelerator.process_index,
                       camera_geometry=geometry, patch_positions=patch_position_weight > 0)
+    if getattr(args, 'far_sample_weight', 1.0) != 1.0:
+        batches.weight_far_targets(args.far_sample_weight)
     episode_count = len(episodes)
     del episodes        # from here on Batches alone holds the frames
     auxiliary = None

@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--patch-position-weight', type=float, default=0.0,
                         help='weight of the training-only patch-position loss: each patch token (at --pointing-layer) '
                              'regresses where its patch lies on the table (needs camera_geometry)')
+    parser.add_argument('--far-sample-weight', type=float, default=1.0,
+                        help='draw samples whose target is over 60 mm from the TCP this many times as often '
+                             '(needs privileged targets; 1 = uniform)')
     parser.add_argument('--sincos-positions', action='store_true',
                         help='from scratch: start the ViT position embeddings from a 2-D sin-cos table (learned after)')
     parser.add_argument('--ema', type=float, default=0.0, help='EMA decay of the saved weights (0 = off)')
