@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from vla_prune_ros.auxiliary import PRIVILEGED_SCALE, PointingHead, TargetHead
-from vla_prune_ros.data.demonstrations import dataset_statistics, load_episodes
+from vla_prune_ros.data.demonstrations import FAR_TARGET_MM, dataset_statistics, load_episodes
 from vla_prune_ros.model.configuration_vla import OFT_PROMPT
 from vla_prune_ros.model.modeling_vla import VLAModel
 from vla_prune_ros.model.tokenizer import build_word_tokenizer, prompt_words
-from vla_prune_ros.training import FAR_TARGET_MM, Batches, init_sincos_positions, sim_small_config
+from vla_prune_ros.training import Batches, init_sincos_positions, sim_small_config
 
 VARIANTS = ('default', 'sincos', 'patches', 'world', 'patch8', 'far', 'pointing')
 NEAR_OBJECT_MM = 40   # a prediction this close to an object is "on" it (cubes start >= 90 mm apart)
@@ -180,7 +180,8 @@ def main() -> None:
         attribution = far_attribution(predict(evaluation), evaluation_drawn, held_out_batches, held_out, distances,
                                       args.variant == 'world')
     print(f'far held-out predictions land on: {attribution}', flush=True)
-    result = {'variant': args.variant, 'far_attribution': attribution, 'data': str(args.data), 'episodes': args.episodes, 'steps': args.steps,
+    result = {'variant': args.variant, 'far_attribution': attribution, 'data': str(args.data),
+              'episodes': args.episodes, 'steps': args.steps,
               'mean_predictor_miss_mm': baseline, 'mean_predictor_held_out': baseline_shape, 'curve': curve}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + '\n')

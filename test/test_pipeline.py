@@ -49,9 +49,8 @@ def test_frames_resized_while_loading_equal_those_resized_after(demos):
             assert np.array_equal(after.frames[name], expected)
 
 
-def test_batches_draw_by_their_sample_weights(demos):
-    """With ``sample_weights`` all on one frame, every sample is that frame (its proprio); uniform
-    sampling over the same data gives several."""
+def small_batches(demos):
+    """Batches over the fixture's demonstrations at 56 px, for the sampling tests."""
     from vla_prune_ros.data.demonstrations import dataset_statistics
     from vla_prune_ros.model.configuration_vla import OFT_PROMPT
     from vla_prune_ros.model.tokenizer import build_word_tokenizer, prompt_words
@@ -61,7 +60,13 @@ def test_batches_draw_by_their_sample_weights(demos):
     tokenizer = build_word_tokenizer(prompt_words(OFT_PROMPT, sorted({e.instruction for e in episodes})))
     config = sim_small_config(len(tokenizer), dataset_statistics(episodes), meta['camera_names'],
                               meta['action_names'], image_size=56)
-    batches = Batches(episodes, config, tokenizer, seed=0)
+    return Batches(episodes, config, tokenizer, seed=0)
+
+
+def test_batches_draw_by_their_sample_weights(demos):
+    """With ``sample_weights`` all on one frame, every sample is that frame (its proprio); uniform
+    sampling over the same data gives several."""
+    batches = small_batches(demos)
     assert len({tuple(row) for row in batches.sample(16, 'cpu')['proprio'].tolist()}) > 1
     chosen = len(batches) // 2
     weights = np.zeros(len(batches))
@@ -75,16 +80,8 @@ def test_batches_draw_by_their_sample_weights(demos):
 def test_far_target_weighting_draws_far_samples_that_much_more_often(demos):
     """``weight_far_targets(w)``: the probability mass on far samples is w times their uniform share,
     relative to the near ones; the far set is the targets over FAR_TARGET_MM from the TCP."""
-    from vla_prune_ros.data.demonstrations import dataset_statistics
-    from vla_prune_ros.model.configuration_vla import OFT_PROMPT
-    from vla_prune_ros.model.tokenizer import build_word_tokenizer, prompt_words
-    from vla_prune_ros.training import FAR_TARGET_MM, Batches, sim_small_config
-    out, _ = demos
-    meta, episodes = load_episodes(out, successful_only=False, frame_size=56)
-    tokenizer = build_word_tokenizer(prompt_words(OFT_PROMPT, sorted({e.instruction for e in episodes})))
-    config = sim_small_config(len(tokenizer), dataset_statistics(episodes), meta['camera_names'],
-                              meta['action_names'], image_size=56)
-    batches = Batches(episodes, config, tokenizer, seed=0)
+    from vla_prune_ros.data.demonstrations import FAR_TARGET_MM
+    batches = small_batches(demos)
     far = np.array([np.linalg.norm(batches.privileged[e][t][:2]) * 1000 > FAR_TARGET_MM for e, t in batches.index])
     assert 0 < far.sum() < len(far)
     batches.weight_far_targets(4.0)

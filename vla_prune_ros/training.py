@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data.demonstrations import action_chunk, dataset_statistics, load_episodes
+from .data.demonstrations import FAR_TARGET_MM, action_chunk, dataset_statistics, load_episodes
 from .model.checkpoint import load_checkpoint, save_checkpoint
 from .model.configuration_vla import OFT_PROMPT, BackboneConfig, NormStats, VisionConfig, VLAConfig
 from .model.modeling_vla import VLAModel
@@ -57,9 +57,6 @@ def sim_small_config(vocab_size: int, stats: dict, camera_names: list[str], acti
         action_names=list(action_names), readout_token_id=READOUT_ID,
         action_norm=NormStats(stats['action']['q01'], stats['action']['q99'], stats['action'].get('mask')),
         proprio_norm=NormStats(stats['proprio']['q01'], stats['proprio']['q99'], stats['proprio'].get('mask')))
-
-
-FAR_TARGET_MM = 60   # privileged target farther than this from the TCP in xy: a "far" sample
 
 
 class Batches:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..data.demonstrations import FAR_TARGET_MM
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--data', required=True, nargs='+', help='demonstration directories (see vla_prune_ros.data)')
@@ -37,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='weight of the training-only patch-position loss: each patch token (at --pointing-layer) '
                              'regresses where its patch lies on the table (needs camera_geometry)')
     parser.add_argument('--far-sample-weight', type=float, default=1.0,
-                        help='draw samples whose target is over 60 mm from the TCP this many times as often '
+                        help=f'draw samples whose target is over {FAR_TARGET_MM} mm from the TCP this many times '
+                             'as often '
                              '(needs privileged targets; 1 = uniform)')
     parser.add_argument('--sincos-positions', action='store_true',
                         help='from scratch: start the ViT position embeddings from a 2-D sin-cos table (learned after)')
