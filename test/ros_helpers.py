@@ -240,7 +240,15 @@ class RosClient:
         self.node.create_subscription(ActionChunk, 'action_chunk', keep(self.chunks), 50)
         self.node.create_subscription(InferenceStats, 'inference_stats', keep(self.stats), 50)
         self.node.create_subscription(JointTrajectory, 'joint_trajectory', keep(self.trajectories), 50)
-        self.node.create_subscription(DiagnosticArray, '/diagnostics', keep(self.diagnostics), 50)
+        # /diagnostics is shared by every node on the domain: keep only the node this client talks to.
+        target = f'/{namespace}/{NODE}: ' if namespace else f'/{NODE}: '
+        keep_diagnostics = keep(self.diagnostics)
+
+        def on_diagnostics(array):
+            if array.status and array.status[0].name.startswith(target):
+                keep_diagnostics(array)
+
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 50)
         self.node.create_subscription(Image, CAMERA_TOPICS[0], on_image, qos_profile_sensor_data)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)

@@ -223,7 +223,7 @@ def test_diagnostics_report_model_method_and_input_rates(system):
         assert message is not None
         received = sum(1 for arrival in list(client.image_stamps.values()) if arrival > time.monotonic() - 2.0) / 2.0
         statuses = {s.name: s for s in message.status}
-        inputs = {kv.key: kv.value for kv in statuses['vla_prune_node: inputs'].values}
+        inputs = {kv.key: kv.value for kv in statuses['/vla_prune_node: inputs'].values}
         reported = float(inputs['/camera/primary/image_raw rate_hz'])
         if reported == pytest.approx(received, rel=0.35) or time.monotonic() > deadline:
             break
@@ -231,7 +231,7 @@ def test_diagnostics_report_model_method_and_input_rates(system):
     assert reported == pytest.approx(received, rel=0.35), inputs
     for topic in ('/camera/primary/image_raw', '/camera/wrist/image_raw', '/joint_states'):
         assert 5.0 < float(inputs[f'{topic} rate_hz']) < 45.0, inputs
-    policy = {kv.key: kv.value for kv in statuses['vla_prune_node: policy'].values}
+    policy = {kv.key: kv.value for kv in statuses['/vla_prune_node: policy'].values}
     assert policy['model_loaded'] == 'true' and policy['method'] == 'none'
     assert float(policy['chunk_period_ms']) == pytest.approx(system[3].chunk_len * CONTROL_DT * 1e3)
     # An inference slower than the chunk it must cover is a warning.

@@ -369,8 +369,9 @@ class VLAPruneNode(Node):
         steps = self.parameters.value('execute_steps') or self.policy.config.chunk_len
         with self._goal_lock:
             active = self._current is not None and self._current.active
+        # The fully qualified name: two nodes in different namespaces share /diagnostics.
         self._diagnostics_pub.publish(messages.diagnostics(
-            NODE_NAME, self.parameters.values['checkpoint'], self.get_clock().now().to_msg(),
+            self.get_fully_qualified_name(), self.parameters.values['checkpoint'], self.get_clock().now().to_msg(),
             latency=self._last_latency, period=self.parameters.value('control_dt') * steps,
             overheads=list(self._overheads), method=self.policy.method.name, controller_mode=self.controller.mode,
             device=str(self.policy.device), goal_active=active, chunks_published=self._chunks_published,
