@@ -4,17 +4,26 @@
 
 80 control steps of the simulated expert; every policy observes every step and infers every 8th
 (mode coarse, measured speed); medians of the second pass. Prints preprocess / vision / llm / head /
-pruning / total in ms, the tokens per LLM layer and the FLOPs ratio.
+pruning / total in ms, the tokens per LLM layer and the FLOPs ratio; then each method's latency against
+none, its efficiency and the ceiling of both (``vla_prune_ros.benchmark.efficiency_ceiling``).
 """
 import sys
 
 import numpy as np
 import torch
 
+from vla_prune_ros.benchmark import summarise
 from vla_prune_ros.paths import DEFAULT_POLICY, LIGHTVLA_POLICY
 from vla_prune_ros.policy import VLAPolicy
 from vla_prune_ros.sim.env import TabletopEnv
 from vla_prune_ros.sim.expert import ScriptedExpert
+
+
+def latency_at_ceiling(row, base):
+    """The latency ratio to none of a method with free pruning and an LLM exactly proportional to its FLOPs."""
+    unpruned = base['latency_ms'] - base['llm_ms']
+    return (unpruned + base['llm_ms'] * row['llm_gflops'] / base['llm_gflops']) / base['latency_ms']
+
 
 torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
 policies = {m: VLAPolicy.from_checkpoint(LIGHTVLA_POLICY if m == 'lightvla' else DEFAULT_POLICY, method=m)
@@ -45,3 +54,9 @@ for method, rows in records.items():
               for k in ('preprocess', 'vision', 'llm', 'head', 'pruning', 'total')}
     print(method, stages, 'tokens per layer', rows[-1].layer_tokens,
           'FLOPs ratio', round(float(np.mean([r.flops / r.flops_unpruned for r in rows])), 3))
+# The same rows as `vla-prune bench`: latency against none, efficiency, and its ceiling (free pruning, an LLM
+# exactly proportional to its FLOPs, the unpruned stages at none's time).
+summary = summarise(records, config)['methods']
+for method, row in summary.items():
+    print(f"{method:<10} latency x{1 / row['latency_speedup']:.3f} of none  efficiency {row['efficiency']:.3f}  "
+          f"ceiling {row['efficiency_ceiling']:.3f}  latency at the ceiling x{latency_at_ceiling(row, summary['none']):.3f}")

@@ -96,12 +96,12 @@ def rows_attention(q_tail: torch.Tensor, k: torch.Tensor, scaling: float, key_pa
     queries and all rotated (B, heads, L, d) keys: (B, tail, L). Padding keys are masked; with
     ``causal`` each row sees only the keys up to itself."""
     tail, length = q_tail.shape[2], k.shape[2]
-    q = q_tail
-    scores = torch.matmul(q, k.transpose(2, 3)).float() * scaling                  # (B, heads, tail, L)
+    # Scaled before the product: the queries are a fraction of the scores' size.
+    scores = torch.matmul(q_tail * scaling, k.transpose(2, 3)).float()                # (B, heads, tail, L)
     blocked = None
     if causal:
-        rows = torch.arange(length - tail, length, device=q.device)
-        blocked = (torch.arange(length, device=q.device)[None, :] > rows[:, None])[None, None]
+        rows = torch.arange(length - tail, length, device=q_tail.device)
+        blocked = (torch.arange(length, device=q_tail.device)[None, :] > rows[:, None])[None, None]
     if key_padding is not None:
         padded = key_padding[:, None, None, :]
         blocked = padded if blocked is None else blocked | padded
