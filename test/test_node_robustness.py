@@ -69,9 +69,9 @@ def system(tmp_path_factory):
     try:
         client.wait_ready(120)
         extra_client.wait_ready(120)
-        # Both nodes publish /diagnostics; the main node's report is the one naming the raw primary topic.
+        # Each client keeps only its own node's /diagnostics: the extra node reads the compressed camera.
         client.wait_topics_flowing([PRIMARY, WRIST, JOINTS])
-        client.wait_topics_flowing([PRIMARY + '/compressed', WRIST, JOINTS])
+        extra_client.wait_topics_flowing([PRIMARY + '/compressed', WRIST, JOINTS])
         yield client, publisher, node, extra_client, extra, (clock, extra_clock)
     finally:
         clock.close()
