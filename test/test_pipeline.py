@@ -12,7 +12,7 @@ import pytest
 from vla_prune_ros.data.demonstrations import load_episodes, read_meta
 from vla_prune_ros.commands.train import add_arguments as train_arguments
 from vla_prune_ros.sim.collect import collect
-from vla_prune_ros.training import train
+from vla_prune_ros.training import native_bf16, train
 
 
 @pytest.fixture(scope='module')
@@ -101,6 +101,15 @@ def test_a_time_capped_lightvla_run_still_anneals_its_noise_to_zero(demos, tmp_p
     record = json.loads((tmp_path / 'capped' / 'training_args.json').read_text())
     assert record['steps_done'] < 100000
     assert record['noise_scale_first_last'] == [1.0, 0.0]
+
+
+def test_bf16_is_used_only_where_the_cpu_computes_it_natively():
+    """Emulated bf16 made a step ~10x slower on an AVX2-only EPYC, so --bf16 needs the CPU's bf16 flags."""
+    avx2_only = 'flags\t\t: fpu sse sse2 avx avx2 fma f16c\n'
+    assert not native_bf16(False, avx2_only)
+    assert not native_bf16(False, avx2_only.replace('avx2', 'avx2 avx512f avx512bw'))
+    assert native_bf16(False, avx2_only.replace('avx2', 'avx2 avx512f avx512_bf16'))
+    assert native_bf16(False, avx2_only.replace('avx2', 'avx2 amx_bf16 amx_tile'))
 
 
 def test_collect_train_load_and_run_an_episode(demos, tmp_path):
