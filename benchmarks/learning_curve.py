@@ -5,11 +5,11 @@
 
 ``--run`` is the work directory of ``scripts/train_default_policy.sh``; ``--snapshots`` holds copies
 of its training stages' ``OUT/latest`` taken while they trained (``base_stepNNNNN``, then
-``default_stepNNNNN``; each is the EMA weights the stage would have saved then, with
+``dagger1_ft_stepNNNNN``, ...; each is the EMA weights the stage would have saved then, with
 ``progress.json``). Each snapshot and each finished stage are evaluated with ``method=none`` on the
-same fresh seeds. Minutes are training wall time, summed over the stages so far: ``default``
-continues from ``base``, so its minutes start where base's end (collecting demonstrations, and the
-DAgger round between the stages, are not counted).
+same fresh seeds. Minutes are training wall time, summed over the stages so far: each DAgger
+fine-tune continues from the stage before, so its minutes start where that one's end (collecting
+demonstrations and the DAgger roll-outs are not counted).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vla_prune_ros.evaluation import evaluate
 
-STAGES = ('base', 'default')   # the stages that train the default policy, in order
+STAGES = ('base', 'dagger1_ft', 'dagger2_ft')   # the stages that train the default policy, in order
 
 
 def main(argv: list[str]) -> int:

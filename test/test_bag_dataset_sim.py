@@ -51,7 +51,8 @@ MIN_COVERAGE = 0.6   # of a chunk's steps converted (late ticks beyond the toler
 def gripper_value(finger_positions) -> float:
     opening = (CONFIG.gripper_open_position - float(np.mean(finger_positions))) / \
         (CONFIG.gripper_open_position - CONFIG.gripper_closed_position)
-    return 2.0 * opening - 1.0
+    # the documented range: fingers pressed a hair past closed (contact) still read +1
+    return float(np.clip(2.0 * opening - 1.0, -1.0, 1.0))
 
 
 def expert_episode(env: TabletopEnv, expert: ScriptedExpert, task: str, seed: int):

@@ -1,21 +1,12 @@
 """Scripted expert for the tabletop suite, using privileged simulator state.
 
-The expert is a function of the state it acts in (TCP pose, cube and pad poses): it keeps no phase
-between steps, so every action it labels can be read off the images and the proprio of that step.
-An earlier expert switched between hidden phases (hover, descend, retreat, ...): a policy cannot see
-which phase it is in, and one that ends up low beside the wrong spot has no demonstration of the
-way out. Now the height it aims for grows with the horizontal misalignment (a funnel), so a policy
-that is unsure where the target is stays high, where the wrist camera sees the cubes, and only a
-small horizontal error brings it down.
-
-It moves fast (``fast_speed``) when far from its goal and slows to ``slow_speed`` over the last few
-centimetres, which is the profile the coarse/fine controller is built around:
-  touch: head for the point above the target cube's top face, at a height over it of
-         ``FUNNEL_SLOPE`` x the horizontal error (at most the cruise height), then settle onto it.
-  push:  turn the fingers' flat face square to the cube->pad line; head for a stand-off point behind
-         the cube (seen from the pad) down the same funnel; once low, behind the cube and on the
-         line, push it along the line with lateral correction and stop when it is on the pad centre.
-         Low but off the line, it rises first (straight up) and comes round again.
+It moves fast (``fast_speed``) when far from its goal and slows to ``slow_speed`` over the last
+few centimetres, which is the profile the coarse/fine controller is built around:
+  touch: fly above the target cube at hover height, then descend onto its top face.
+  push:  turn the fingers' flat face square to the cube->pad line, fly to a stand-off point
+         behind the cube (seen from the pad), lower to push height, push the cube along the
+         line with lateral correction, stop when it is on the pad centre; if the cube slips
+         sideways, lift and re-approach.
 The gripper stays closed (+1) in both tasks. ``noise_std`` adds seeded Gaussian noise (metres)
 to the translation for demonstration diversity.
 """
@@ -27,15 +18,12 @@ from vla_prune_ros.sim.env import MAX_ROTATION_STEP, TabletopEnv
 from vla_prune_ros.sim.scene import CUBE_HALF, HOME_TCP_ROTATION, rotation_vector_from_matrix
 from vla_prune_ros.sim.tasks import PUSH_STANDOFF
 
-CRUISE_HEIGHT = 0.14          # TCP height for travelling: the wrist camera overlooks ~20 cm of table
+HOVER_HEIGHT = 0.075          # TCP height for moving above the cubes (cube tops are at 0.04)
 PUSH_HEIGHT = 0.018           # TCP height while pushing (fingertips just above the table)
 TOUCH_CLEARANCE = 0.004       # final TCP height above the cube's top face
-FUNNEL_SLOPE = 1.5            # aimed height above the goal per metre of horizontal error
-CLIMB_MARGIN = 0.01           # more than this below the funnel: climb straight up first
 PUSHER_HALF_WIDTH = 0.015     # closed fingers, half extent along tool x (the push direction)
 PUSH_DONE_RADIUS = 0.008      # cube centre this close to the pad centre: stop
-PUSH_MAX_LATERAL = 0.02       # TCP this far off the push line: not in a pushing position
-PUSH_LOW = PUSH_HEIGHT + 0.012  # TCP at most this high counts as down at push height
+PUSH_MAX_LATERAL = 0.02       # TCP this far off the push line: lift and re-approach
 MAX_PUSH_YAW = np.radians(120.0)  # beyond this, push with the other finger face
 LATERAL_STEP = 0.01           # largest sideways correction per step while pushing
 
@@ -55,12 +43,14 @@ class ScriptedExpert:
         self.slow_radius = slow_radius
         self.fast_radius = fast_radius
         self._rng = np.random.default_rng(seed)
-        self.phase = 'start'      # what the last action did (a label for tests and plots, never an input)
+        self.phase = 'start'
+        self._episode = None
 
     def reset(self, seed: int | None = None):
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         self.phase = 'start'
+        self._episode = (self.env.episode_seed, self.env.instruction, self.env.step_count)
 
     # ------------------------------------------------------------------ helpers
     def speed_for_distance(self, distance: float, fast: float) -> float:
@@ -78,17 +68,6 @@ class ScriptedExpert:
         step = speed * self.env.control_dt
         return delta if distance <= step else delta / distance * step
 
-    def _down_the_funnel(self, tcp, goal, speed) -> np.ndarray:
-        """Toward ``goal`` along the funnel: aim at the goal's xy at a height over it that grows with
-        the horizontal error; far below that height (e.g. low beside a cube), climb straight up first."""
-        horizontal_error = float(np.linalg.norm(goal[:2] - tcp[:2]))
-        height = goal[2] + min(FUNNEL_SLOPE * horizontal_error, max(CRUISE_HEIGHT - goal[2], 0.0))
-        if tcp[2] < height - CLIMB_MARGIN:
-            self.phase = 'climb'
-            return self._toward(tcp, [*tcp[:2], height], self.fast_speed)
-        self.phase = 'descend' if horizontal_error <= 0.008 else 'travel'
-        return self._toward(tcp, [*goal[:2], height], speed)
-
     def _orient(self, yaw: float) -> np.ndarray:
         """Rotation step toward the tool pointing down, turned by ``yaw`` about world z."""
         desired = _yaw_rotation(yaw) @ HOME_TCP_ROTATION
@@ -98,12 +77,16 @@ class ScriptedExpert:
     # ------------------------------------------------------------------ policy
     def act(self, obs=None) -> np.ndarray:
         env = self.env
+        episode = (env.episode_seed, env.instruction)
+        if self._episode is None or self._episode[:2] != episode or env.step_count < self._episode[2]:
+            self.reset()
+        self._episode = (*episode, env.step_count)
+
         tcp = env.tcp_pose()[0]
         yaw = 0.0
         if env.task.kind == 'push':
             yaw = self._push_yaw()
         if obs is not None and obs.success:
-            self.phase = 'done'
             translation = np.zeros(3)
         elif env.task.kind == 'touch':
             translation = self._touch(tcp)
@@ -117,8 +100,21 @@ class ScriptedExpert:
     def _touch(self, tcp) -> np.ndarray:
         cube = self.env.target_cube_position()
         goal = np.array([cube[0], cube[1], cube[2] + CUBE_HALF + TOUCH_CLEARANCE])
+        hover = np.array([cube[0], cube[1], max(goal[2] + 0.05, HOVER_HEIGHT)])
         speed = self.speed_for_distance(float(np.linalg.norm(goal - tcp)), self.fast_speed)
-        return self._down_the_funnel(tcp, goal, speed)
+        horizontal_error = float(np.linalg.norm(tcp[:2] - cube[:2]))
+        # Descend once above the cube; only a clear miss (not noise) sends it back to hover.
+        if self.phase == 'descend' and horizontal_error > 0.02:
+            self.phase = 'hover'
+        if self.phase != 'descend':
+            self.phase = 'hover'
+            if horizontal_error <= 0.008:
+                self.phase = 'descend'
+            else:
+                # Above hover height go straight to the hover point; below it, climb first.
+                waypoint = hover if tcp[2] >= hover[2] - 0.01 else np.array([*tcp[:2], hover[2]])
+                return self._toward(tcp, waypoint, speed)
+        return self._toward(tcp, goal, speed)
 
     def _push_yaw(self) -> float:
         """Tool yaw that puts the fingers' flat face (normal to tool x) square to the push line,
@@ -139,18 +135,42 @@ class ScriptedExpert:
         remaining = float(np.linalg.norm(to_pad))
         direction = to_pad / max(remaining, 1e-9)
         normal = np.array([-direction[1], direction[0]])
+        standoff = cube - PUSH_STANDOFF * direction
         relative = tcp[:2] - cube
         along, lateral = float(relative @ direction), float(relative @ normal)
 
+        if self.phase in ('start', 'approach'):
+            self.phase = 'approach'
+            if tcp[2] < HOVER_HEIGHT - 0.01 and np.linalg.norm(tcp[:2] - standoff) > 0.01:
+                return self._toward(tcp, [*tcp[:2], HOVER_HEIGHT], self.fast_speed)
+            waypoint = np.array([*standoff, HOVER_HEIGHT])
+            if np.linalg.norm(waypoint[:2] - tcp[:2]) < 0.01:
+                self.phase = 'lower'
+            else:
+                return self._toward(tcp, waypoint, self.fast_speed)
+        if self.phase == 'lower':
+            waypoint = np.array([*standoff, PUSH_HEIGHT])
+            if np.linalg.norm(waypoint - tcp) < 0.005:
+                self.phase = 'push'
+            else:
+                return self._toward(tcp, waypoint, self.fast_speed)
+        if self.phase == 'retreat':
+            if tcp[2] >= HOVER_HEIGHT - 0.005:
+                self.phase = 'approach'
+                return self._push(tcp)
+            return self._toward(tcp, [*tcp[:2], HOVER_HEIGHT], self.fast_speed)
+        if self.phase == 'done':
+            if remaining <= 2 * PUSH_DONE_RADIUS:
+                return np.zeros(3)
+            self.phase = 'push'
+
+        # phase == 'push'
         if remaining <= PUSH_DONE_RADIUS:
             self.phase = 'done'
             return np.zeros(3)
-        pushing = (tcp[2] <= PUSH_LOW and along <= -(CUBE_HALF + 0.005)
-                   and abs(lateral) <= PUSH_MAX_LATERAL)
-        if not pushing:
-            standoff = np.array([*(cube - PUSH_STANDOFF * direction), PUSH_HEIGHT])
-            return self._down_the_funnel(tcp, standoff, self.fast_speed)
-        self.phase = 'push'
+        if abs(lateral) > PUSH_MAX_LATERAL or along > -CUBE_HALF:
+            self.phase = 'retreat'
+            return self._toward(tcp, [*tcp[:2], HOVER_HEIGHT], self.fast_speed)
         speed = self.speed_for_distance(remaining, self.push_speed)
         advance = min(speed * env.control_dt, remaining)
         gap = -along - (CUBE_HALF + PUSHER_HALF_WIDTH)
