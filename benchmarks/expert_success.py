@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from vla_prune_ros.sim.collect import PERTURB_CORRELATION
+from vla_prune_ros.sim.collect import drift
 from vla_prune_ros.sim.env import TabletopEnv
 from vla_prune_ros.sim.expert import ScriptedExpert
 from vla_prune_ros.sim.tasks import TASK_KINDS
@@ -42,8 +42,7 @@ def main(argv: list[str]) -> int:
                 for step in range(env.max_steps):
                     action = env.clip_action(expert.act(obs))
                     if scale > 0 and not obs.success:
-                        perturbation = (PERTURB_CORRELATION * perturbation
-                                        + np.sqrt(1 - PERTURB_CORRELATION ** 2) * rng.normal(0.0, scale, 3))
+                        perturbation = drift(perturbation, scale, rng)
                         action[:3] += perturbation
                     obs = env.step(env.clip_action(action))
                     if obs.success:

@@ -42,6 +42,12 @@ def privileged_targets(env: TabletopEnv) -> np.ndarray:
     return np.concatenate([cube - tcp, goal]).astype(np.float32)
 
 
+def drift(perturbation: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
+    """The next step of the AR(1) translation perturbation, stationary std ``scale``."""
+    return (PERTURB_CORRELATION * perturbation
+            + np.sqrt(1 - PERTURB_CORRELATION ** 2) * rng.normal(0.0, scale, 3))
+
+
 def policy_prefix(env: TabletopEnv, policy, obs, steps: int):
     """Let ``policy`` drive for ``steps`` control steps (whole chunks); returns the last observation."""
     cameras = policy.config.camera_names
@@ -101,8 +107,7 @@ def collect(out: Path, episodes: int, seed: int = 0, tasks: tuple[str, ...] = TA
                 privileged.append(privileged_targets(env))
                 executed = action.copy()
                 if scale > 0 and not obs.success:
-                    perturbation = (PERTURB_CORRELATION * perturbation
-                                    + np.sqrt(1 - PERTURB_CORRELATION ** 2) * rng.normal(0.0, scale, 3))
+                    perturbation = drift(perturbation, scale, rng)
                     executed[:3] += perturbation
                 obs = env.step(env.clip_action(executed))
                 if obs.success:
