@@ -14,13 +14,19 @@ demonstrations and the DAgger roll-outs are not counted).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
 
 from vla_prune_ros.evaluation import evaluate
 
-STAGES = ('base', 'dagger1_ft', 'dagger2_ft')   # the stages that train the default policy, in order
+
+def stages():
+    """The stages that train the default policy, in order: base, then as many DAgger rounds as ran
+    (``DAGGER_ROUNDS`` of the training script); the caller stops at the first one missing."""
+    yield 'base'
+    yield from (f'dagger{round_}_ft' for round_ in itertools.count(1))
 
 
 def main(argv: list[str]) -> int:
@@ -33,7 +39,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument('--json', required=True)
     args = parser.parse_args(argv)
     candidates, minutes_before = [], 0.0
-    for stage in STAGES:
+    for stage in stages():
         final = Path(args.run) / stage
         if not (final / 'training_args.json').is_file():
             break
