@@ -4,6 +4,8 @@
 
 ``--no-push-yaw`` keeps the tool's yaw at home for push (the expert otherwise turns the fingers square
 to the push line at the largest rotation step, a bang-bang signal the policy did not learn).
+``episodes_with_a_retreat`` counts episodes where the cube slid off the push line and the expert lifted
+to start again: a phase the images show late, so a policy has to infer it.
 """
 from __future__ import annotations
 
@@ -32,15 +34,17 @@ def main(argv: list[str]) -> int:
     with TabletopEnv(render_images=False) as env:
         expert = ScriptedExpert(env)
         for task in TASK_KINDS:
-            solved, steps = 0, []
+            solved, steps, retreated = 0, [], 0
             for index in range(args.episodes):
                 seed = args.seed * 1000 + index
                 obs = env.reset(task=task, seed=seed)
                 expert.reset(seed=seed)
                 rng = np.random.default_rng(seed + 1)
                 scale, perturbation = rng.uniform(0.0, args.perturb_std), np.zeros(3)
+                phases = set()
                 for step in range(env.max_steps):
                     action = env.clip_action(expert.act(obs))
+                    phases.add(expert.phase)
                     if scale > 0 and not obs.success:
                         perturbation = drift(perturbation, scale, rng)
                         action[:3] += perturbation
@@ -48,8 +52,10 @@ def main(argv: list[str]) -> int:
                     if obs.success:
                         break
                 solved += int(obs.success)
+                retreated += int('retreat' in phases)
                 steps.append(step + 1)
-            report[task] = {'solved': solved, 'episodes': args.episodes, 'mean_steps': float(np.mean(steps))}
+            report[task] = {'solved': solved, 'episodes': args.episodes, 'mean_steps': float(np.mean(steps)),
+                            'episodes_with_a_retreat': retreated}
             print(task, report[task], flush=True)
     print(json.dumps(report))
     return 0
