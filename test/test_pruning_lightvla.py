@@ -22,6 +22,7 @@ from vla_prune_ros.model.checkpoint import save_checkpoint
 from vla_prune_ros.model.processing import pad_prompts
 from vla_prune_ros.policy import VLAPolicy
 from vla_prune_ros.pruning import InferenceStep, create_method
+from vla_prune_ros.pruning.lightvla import choice_counts
 
 ATOL = 1e-5
 
@@ -144,6 +145,29 @@ def test_training_keeps_the_length_and_replaces_patches_by_hard_selection():
     method.train(False)
     _, trace, _ = infer(model, inputs, method)
     assert visual_kept(trace, layout) == sorted(layout.patch_start + int(i) for i in set(chosen.tolist()))
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_training_without_noise_computes_what_inference_computes(seed):
+    """A patch chosen m times counts once in training (-log m per copy as a key), so the training forward is
+    the inference forward; with every repeat counted (the released code) it is not."""
+    model, inputs, embeddings, layout = setup(seed, INSTRUCTIONS[seed % 2])
+    chosen = clear_argmax(reference_scores(embeddings, layout))
+    assert len(set(chosen.tolist())) < len(chosen)          # some patch is chosen more than once
+    inferred, _, _ = infer(model, inputs, create_method('lightvla'))
+    outputs = {}
+    for as_inferred in (True, False):
+        method = create_method('lightvla', train_as_inferred=as_inferred)
+        method.train(True)
+        with torch.no_grad():
+            outputs[as_inferred] = model(*inputs, pruner=method)
+    torch.testing.assert_close(outputs[True], inferred, atol=ATOL, rtol=0)
+    assert (outputs[False] - inferred).abs().max() > 1e-3
+
+
+def test_choice_counts_count_each_rows_choice_within_its_sample():
+    chosen = torch.tensor([[3, 1, 3, 3, 0], [2, 2, 2, 2, 2]])
+    assert choice_counts(chosen).tolist() == [[3, 1, 3, 3, 1], [5, 5, 5, 5, 5]]
 
 
 @pytest.mark.parametrize('noise', ['uniform', 'gumbel'])

@@ -172,11 +172,14 @@ def run_pruned_llm(model, embeddings: torch.Tensor, layout, pruner=None, step=No
     rope_base = positions[None].expand(batch, -1) if key_padding is None else (~key_padding).cumsum(-1) - 1
     hidden = embeddings
     clock = StageClock(embeddings.device)
+    key_bias = None
     if pruner is not None:
         clock.start()
         result = pruner.before_llm(hidden, positions, layout, step, padding=key_padding)
         if result is not None and result.rope_source is not None:
             rope_base = rope_base.gather(1, result.rope_source)
+        if result is not None:
+            key_bias = result.key_bias
         hidden, positions, key_padding = gather_kept(result, hidden, positions, key_padding, layout)
         clock.stop()
     attention_layers = pruner.attention_layers(len(llm.layers)) if pruner is not None else ()
@@ -189,6 +192,8 @@ def run_pruned_llm(model, embeddings: torch.Tensor, layout, pruner=None, step=No
         if cos_sin is None:          # first layer, or the token set changed
             cos_sin = llm.rotary_emb(hidden, position_ids=rope_base[:, positions])
             mask = model.attention_mask(key_padding, hidden.shape[1], hidden.dtype, hidden.device)
+            if key_bias is not None:
+                mask = key_bias[:, None, None, :].to(hidden.dtype) + (0 if mask is None else mask)
         captured, handles = {}, []
         wants_attention = index in attention_layers
         if lean:
@@ -212,6 +217,8 @@ def run_pruned_llm(model, embeddings: torch.Tensor, layout, pruner=None, step=No
                 attention = tail_attention(layer, captured['q'], captured['k'], cos_sin, tail, key_padding, causal)
             result = pruner.after_layer(index, hidden, positions, layout, step, attention)
             if result is not None and (result.keep is not None or result.keep_visual is not None):
+                if key_bias is not None:
+                    raise ValueError('a pruning method set a key bias before layer 0 and cut later')
                 hidden, positions, key_padding = gather_kept(result, hidden, positions, key_padding, layout)
                 cos_sin = None
             clock.stop()

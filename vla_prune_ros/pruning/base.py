@@ -38,6 +38,9 @@ class PruneResult:
     # (B, len(keep_visual)) True where a row must ignore a kept visual token (treated like padding):
     # batched inference where each row keeps its own set and the batch keeps their union.
     ignored: torch.Tensor | None = None
+    # (B, L) additive attention bias per key, from before layer 0 on (with ``hidden``; a method that sets it
+    # makes no later cut): LightVLA's training weighs a patch chosen m times by -log m per copy.
+    key_bias: torch.Tensor | None = None
 
 
 @dataclass
