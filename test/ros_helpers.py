@@ -144,6 +144,21 @@ class Process:
         return self.popen.returncode
 
 
+def tracebacks(lines: list[str]) -> str:
+    """Every Python traceback in a process's output, each with the lines that follow it up to the next
+    ROS log line (so a failure shows the exception itself, not a truncated list of all lines)."""
+    blocks, current = [], None
+    for line in lines:
+        if 'Traceback' in line:
+            current = [line]
+            blocks.append(current)
+        elif current is not None and not line.startswith('[') and len(current) < 40:
+            current.append(line)
+        else:
+            current = None
+    return '\n\n'.join('\n'.join(block) for block in blocks)
+
+
 def launch_params_file(directory: Path, method: str, arguments: dict) -> Path:
     """The params file the launch file would hand the node: ``arguments`` over the sim robot config."""
     import yaml

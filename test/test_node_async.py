@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ros_helpers import (SIM_ROBOT_YAML, RosClient, command, domain_id, launch_params_file, make_checkpoint, start_node,
-                         start_publisher)
+                         start_publisher, tracebacks)
 from vla_prune_ros import parameters as node_config
 from vla_prune_ros.control.chunk_queue import ActionTimeline, seconds_to_ns
 
@@ -46,7 +46,7 @@ def system(tmp_path_factory):
         client.close()
         assert node.stop() == 0, node.lines[-20:]
         publisher.stop()
-        assert not [line for line in node.lines if 'Traceback' in line], node.lines
+        assert not tracebacks(node.lines), tracebacks(node.lines)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from action_msgs.msg import GoalStatus
 
 from ros_helpers import (RosClient, Process, command, domain_id, make_checkpoint, ros_env, start_node,
-                         start_publisher)
+                         start_publisher, tracebacks)
 
 DOMAIN = domain_id(__name__)
 INSTRUCTION = 'touch the red cube'
@@ -80,7 +80,7 @@ def system(tmp_path_factory):
         assert codes == (0, 0), '\n'.join([f'exit codes (node, nan node) {codes}', '--- node:', *node.lines[-40:],
                                             '--- nan node:', *nan_node.lines[-40:]])
         for process in (node, nan_node):
-            assert not [line for line in process.lines if 'Traceback' in line], process.lines
+            assert not tracebacks(process.lines), tracebacks(process.lines)
 
 
 def restore(client, publisher):

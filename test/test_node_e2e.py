@@ -16,7 +16,7 @@ from diagnostic_msgs.msg import DiagnosticStatus
 
 from ros_helpers import (ARM_JOINTS, FINGER_JOINTS, FINGER_POSITION, HOME_JOINTS, JOINT1_SPEED, SIM_ROBOT_YAML,
                          RosClient, command, domain_id, launch_params_file, make_checkpoint, start_node,
-                         start_publisher)
+                         start_publisher, tracebacks)
 from vla_prune_ros import parameters as node_config
 from vla_prune_ros.model.checkpoint import load_config
 
@@ -49,7 +49,7 @@ def system(tmp_path_factory):
         client.close()
         assert node.stop() == 0, node.lines[-20:]    # Ctrl-C is a clean exit
         publisher.stop()
-        assert not [line for line in node.lines if 'Traceback' in line], node.lines
+        assert not tracebacks(node.lines), tracebacks(node.lines)
 
 
 def expected_tcp_speed() -> float:

@@ -15,7 +15,7 @@ import pytest
 from action_msgs.msg import GoalStatus
 
 from ros_helpers import (CAMERA_TOPICS, RosClient, command, domain_id, make_checkpoint, start_node,
-                         start_publisher)
+                         start_publisher, tracebacks)
 
 DOMAIN = domain_id(__name__)
 INSTRUCTION = 'touch the red cube'
@@ -84,7 +84,7 @@ def system(tmp_path_factory):
         assert codes == (0, 0), '\n'.join([f'exit codes (node, extra) {codes}', '--- node:', *node.lines[-40:],
                                             '--- extra:', *extra.lines[-40:]])
         for process in (node, extra):
-            assert not [line for line in process.lines if 'Traceback' in line], process.lines
+            assert not tracebacks(process.lines), tracebacks(process.lines)
 
 
 def restore(publisher):

@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from ros_helpers import Process, RosClient, domain_id, launch_params_file, make_checkpoint, ros_env, start_node
+from ros_helpers import (Process, RosClient, domain_id, launch_params_file, make_checkpoint, ros_env, start_node,
+                         tracebacks)
 
 DOMAIN = domain_id(__name__)
 LATENCY = 0.3
@@ -59,7 +60,7 @@ def system(tmp_path_factory):
         client.close()
         assert node.stop() == 0, node.lines[-20:]
         sim.stop()
-        assert not [line for line in node.lines + sim.lines if 'Traceback' in line], node.lines + sim.lines
+        assert not tracebacks(node.lines + sim.lines), tracebacks(node.lines + sim.lines)
 
 
 def test_async_idles_far_less_than_sync_while_the_latency_is_under_the_chunk_duration(system):
