@@ -9,6 +9,8 @@ seeds, selecting two ways:
 
 The two share the selection (the argmax of every query row); only the copies differ. If ``as_trained`` solves
 what ``none`` solves and ``union`` does not, the loss comes from the copies the model learnt to rely on.
+``--modes union --min-visual-tokens N`` instead asks whether the union's few patches are the limit: the
+union topped up to N patches by their best score.
 """
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument('--checkpoint', default=str(LIGHTVLA_POLICY))
     parser.add_argument('--episodes', type=int, default=100)
     parser.add_argument('--seed', type=int, default=9931)
+    parser.add_argument('--modes', default='union,as_trained')
+    parser.add_argument('--min-visual-tokens', type=int, default=1,
+                        help="lightvla.min_visual_tokens for the union (the inference floor)")
     parser.add_argument('--json')
     args = parser.parse_args(argv)
     episodes = episode_plan(list(TASK_KINDS), args.episodes, args.seed)
@@ -37,8 +42,9 @@ def main(argv: list[str]) -> int:
     with TabletopEnv(seed=args.seed) as env:
         kinematics = EndEffectorVelocity(env.urdf_xml, env.tcp_frame, list(env.joint_names[:6]))
         controller = CoarseFineController(sim_controller_config())
-        for mode in ('union', 'as_trained'):
-            policy = VLAPolicy.from_checkpoint(args.checkpoint, device='cpu', method='lightvla')
+        for mode in args.modes.split(','):
+            policy = VLAPolicy.from_checkpoint(args.checkpoint, device='cpu', method='lightvla',
+                                               method_options={'min_visual_tokens': args.min_visual_tokens})
             if mode == 'as_trained':
                 policy.method.train(True)
                 policy.method.set_noise_scale(0.0)
@@ -47,7 +53,9 @@ def main(argv: list[str]) -> int:
             row = summarise(results, None)
             report['modes'][mode] = {key: row[key] for key in ('successes', 'episodes', 'success_rate',
                                                                'success_ci95', 'per_task', 'failed_seeds')}
-            print(mode, row['successes'], '/', row['episodes'], row['per_task'], flush=True)
+            report['modes'][mode]['mean_tokens_kept'] = row['mean_tokens_kept']
+            print(mode, row['successes'], '/', row['episodes'], row['per_task'], 'tokens', row['mean_tokens_kept'],
+                  flush=True)
     if args.json:
         with open(args.json, 'w') as handle:
             json.dump(report, handle, indent=1)
