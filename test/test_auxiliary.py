@@ -4,9 +4,7 @@ import pytest
 import torch
 
 from vla_prune_ros.auxiliary import PatchPositionHead, PointingHead, target_patch
-from vla_prune_ros.data.demonstrations import PRIVILEGED_NAMES
 from vla_prune_ros.sim.cameras import camera_geometry, project
-from vla_prune_ros.sim.collect import privileged_targets
 from vla_prune_ros.sim.env import TabletopEnv
 from vla_prune_ros.sim.expert import ScriptedExpert
 from vla_prune_ros.sim.scene import COLOURS
@@ -155,26 +153,3 @@ def test_training_batches_carry_patch_positions(tmp_path):
     assert torch.isfinite(primary).float().mean() > 0.9      # the fixed camera looks at the table
     head = PatchPositionHead(hidden_size=4)
     assert torch.isfinite(head.loss(torch.zeros(8, config.num_visual_tokens, 4), positions))
-
-
-@pytest.mark.parametrize('task', ['touch', 'push'])
-def test_the_first_waypoint_target_is_where_the_expert_heads_first(task):
-    """The privileged first waypoint (its last two entries) reaches zero where the expert ends its first
-    leg: above the cube for touch, at the stand-off point behind it for push."""
-    with TabletopEnv(render_images=False) as env:
-        for seed in (11, 12):
-            obs = env.reset(task=task, seed=seed)
-            expert = ScriptedExpert(env)
-            expert.reset(seed=seed)
-            start = privileged_targets(env)
-            assert start.shape == (len(PRIVILEGED_NAMES),)
-            assert np.linalg.norm(start[5:7]) > 0.03          # the arm starts away from its first waypoint
-            if task == 'touch':
-                np.testing.assert_allclose(start[5:7], start[0:2], atol=1e-6)
-            first_leg_done = {'touch': 'descend', 'push': 'lower'}[task]
-            for _ in range(env.max_steps):
-                obs = env.step(expert.act(obs))
-                if expert.phase == first_leg_done:
-                    break
-            assert expert.phase == first_leg_done
-            assert np.linalg.norm(privileged_targets(env)[5:7]) < 0.012

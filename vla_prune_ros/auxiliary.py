@@ -1,9 +1,7 @@
 """Training-only auxiliary objectives from privileged simulator targets; never part of a saved policy.
 
-- ``TargetHead`` regresses the privileged targets (``data.PRIVILEGED_NAMES``) from the mean read-out
-  hidden state: where the target cube is (relative to the TCP), where its goal is (relative to the
-  cube), and the task's first waypoint (relative to the TCP; for push the stand-off point behind the
-  cube, which needs the cube and the pad together).
+- ``TargetHead`` regresses where the target cube is (relative to the TCP) and where its goal is
+  (relative to the cube) from the mean read-out hidden state.
 - ``PointingHead`` asks every patch token, after the LLM, whether the target cube (or the push
   goal) lies in its patch: a softmax over each camera's patches against the patch the target
   projects to. This is the grounding a policy needs first (which patch holds "the red cube"),

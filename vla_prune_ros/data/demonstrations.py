@@ -26,7 +26,7 @@ import numpy as np
 
 FORMAT = 'vla_prune_demos/1'
 # Target cube minus TCP (m), goal minus target cube in the table plane (m; zero where there is none).
-PRIVILEGED_NAMES = ('cube_dx', 'cube_dy', 'cube_dz', 'goal_dx', 'goal_dy', 'approach_dx', 'approach_dy')
+PRIVILEGED_NAMES = ('cube_dx', 'cube_dy', 'cube_dz', 'goal_dx', 'goal_dy')
 FAR_TARGET_MM = 60   # a target cube farther than this from the TCP in xy: a "far" sample (the first steps)
 
 

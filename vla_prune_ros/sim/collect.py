@@ -27,24 +27,19 @@ from .cameras import camera_geometry
 from .env import ACTION_NAMES, TabletopEnv
 from .expert import ScriptedExpert
 from .scene import CAMERA_NAMES
-from .tasks import PUSH_STANDOFF, TASK_KINDS
+from .tasks import TASK_KINDS
 
 POST_SUCCESS_STEPS = 3     # a few "hold still" steps teach the policy to stop once done
 PERTURB_CORRELATION = 0.7  # AR(1) coefficient of the per-step perturbation: drifts, not jitter
 
 
 def privileged_targets(env: TabletopEnv) -> np.ndarray:
-    """Target cube relative to the TCP (3), the goal relative to the cube (2: pad for push, 0 for touch), and
-    the task's first waypoint relative to the TCP (2: the cube for touch, the push stand-off point behind it
-    for push), the point a policy has to head for first, which for push needs the cube and the pad at once."""
+    """Target cube relative to the TCP (3) and the goal relative to the cube (2: pad for push, 0 for touch)."""
     tcp = env.tcp_pose()[0]
     cube = env.target_cube_position()
     pad = env.target_pad_position()
     goal = np.zeros(2) if pad is None else pad[:2] - cube[:2]
-    approach = cube[:2]
-    if pad is not None:
-        approach = cube[:2] - PUSH_STANDOFF * goal / max(float(np.linalg.norm(goal)), 1e-9)
-    return np.concatenate([cube - tcp, goal, approach - tcp[:2]]).astype(np.float32)
+    return np.concatenate([cube - tcp, goal]).astype(np.float32)
 
 
 def drift(perturbation: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
