@@ -24,9 +24,10 @@ Beyond the released code, on purpose: in training a patch chosen by m queries co
 (``train_as_inferred``, default on). Its m rows are identical (same input, same position), so a
 key bias of -log m on each makes their summed attention that of one token: the training forward is
 the inference forward, and every row still gets a gradient. The released code lets every repeat
-count, so a patch chosen by 30 queries weighs 30 times in training and once at inference. Measured on the bundled
-fine-tune (trained with repeats), closed loop on the same seeds: inference with the repeats solved 15/100,
-the union 6/100, ``none`` 30/100 (``benchmarks/lightvla_duplicates_probe_s16.json``).
+count, so a patch chosen by 30 queries weighs 30 times in training and once at inference. Measured
+closed loop on the same seeds: the bundled fine-tune (trained with repeats) solved 15/100 run with
+its repeats and 6/100 by its union (``none`` 30/100); from one init and data, counting once took a
+fine-tune from 0/100 to 7/100 (``benchmarks/README.md``, session 16).
 Also: ``min_visual_tokens`` tops the union up to a floor by the
 same best score (the code has no floor; default 1 changes nothing); batched inference keeps
 per-row sets as above (the code runs batch 1); the kept count is read from the device once per
@@ -65,8 +66,8 @@ class LightVLAOptions(Options):
         None, 'Keep exactly this many patches; 0 = off (variable count).', low=1, high=1_000_000, off=0)
     min_visual_tokens: int = option(1, 'Never keep fewer visual tokens.', low=1, high=1_000_000)
     train_as_inferred: bool = option(
-        True, 'Training: a patch chosen by several queries counts once (repeats masked), as at inference; '
-              'off: every repeat is a token, as in the released code.')
+        True, 'Training: a patch chosen by m queries counts once (each copy weighted 1/m as a key), as at '
+              'inference; off: every repeat is a token, as in the released code.')
 
 
 @register
