@@ -15,7 +15,10 @@ cube relative to the TCP, against the mean predictor's miss on the same samples.
             images alone; the primary camera is fixed),
   patch8    the default, with 8 px patches (a 14 x 14 grid per camera instead of 8 x 8; 3x the tokens),
   far       the default, with samples whose target is over 60 mm away in xy drawn 4x as often,
-  pointing  the default plus the recipe's training-only pointing loss (weight 1, entering LLM layer 2).
+  pointing  the default plus the recipe's training-only pointing loss (weight 1, entering LLM layer 2),
+  convstem  the default with a small convolutional stem (3x3 stride 2, 3x3, 7x7 stride 7) in place of
+            the linear 14 px patch embedding: the same 8 x 8 patch tokens.
+bf16 autocast only where the CPU has it natively (``training.native_bf16``); emulated, it is ~10x slower.
 At the end it reports where the far held-out predictions land (``far_attribution``): on the named cube,
 another cube, a pad, or nothing, which tells a grounding failure from a position the images do not give.
 """
@@ -34,10 +37,16 @@ from vla_prune_ros.data.demonstrations import FAR_TARGET_MM, dataset_statistics,
 from vla_prune_ros.model.configuration_vla import OFT_PROMPT
 from vla_prune_ros.model.modeling_vla import VLAModel
 from vla_prune_ros.model.tokenizer import build_word_tokenizer, prompt_words
-from vla_prune_ros.training import Batches, init_sincos_positions, sim_small_config
+from vla_prune_ros.training import Batches, init_sincos_positions, native_bf16, sim_small_config
 
-VARIANTS = ('default', 'sincos', 'patches', 'world', 'patch8', 'far', 'pointing')
+VARIANTS = ('default', 'sincos', 'patches', 'world', 'patch8', 'far', 'pointing', 'convstem')
 NEAR_OBJECT_MM = 40   # a prediction this close to an object is "on" it (cubes start >= 90 mm apart)
+
+
+class ConvStem(torch.nn.Sequential):
+    @property
+    def weight(self):   # SiglipVisionEmbeddings casts the pixels to the stem's dtype
+        return self[0].weight
 
 
 def xy_misses_mm(predicted: torch.Tensor, target: torch.Tensor) -> np.ndarray:
@@ -101,6 +110,15 @@ def main() -> None:
     model = VLAModel(config)
     if args.variant == 'sincos':
         init_sincos_positions(model)
+    if args.variant == 'convstem':
+        from vla_prune_ros.model.modeling_vla import ViTFeatures
+        for module in model.modules():
+            if isinstance(module, ViTFeatures):
+                width = module.embeddings.patch_embedding.out_channels
+                module.embeddings.patch_embedding = ConvStem(
+                    torch.nn.Conv2d(3, 32, 3, stride=2, padding=1), torch.nn.GELU(),
+                    torch.nn.Conv2d(32, 32, 3, stride=1, padding=1), torch.nn.GELU(),
+                    torch.nn.Conv2d(32, width, 7, stride=7))
     batches = Batches(train_eps, config, tokenizer, seed=args.seed,
                       camera_geometry=meta['camera_geometry'] if args.variant == 'pointing' else None)
     held_out_batches = Batches(held_out, config, tokenizer, seed=args.seed + 1, augment=False)
@@ -139,8 +157,10 @@ def main() -> None:
     optimizer = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()) + list(pointing.parameters()),
                                   lr=args.lr, weight_decay=0.0)
 
+    bf16 = native_bf16(False)   # emulated bf16 (AVX2 only) is ~10x slower than fp32
+
     def predict(batch):
-        with torch.autocast('cpu', torch.bfloat16):
+        with torch.autocast('cpu', torch.bfloat16, enabled=bf16):
             _, readout = model(batch['pixels'], batch['proprio'], batch['ids'], batch['padding'], return_readout=True)
             if args.variant == 'patches':
                 layout = model.layout(batch['ids'].shape[1] - 1)

@@ -153,3 +153,21 @@ def test_training_batches_carry_patch_positions(tmp_path):
     assert torch.isfinite(primary).float().mean() > 0.9      # the fixed camera looks at the table
     head = PatchPositionHead(hidden_size=4)
     assert torch.isfinite(head.loss(torch.zeros(8, config.num_visual_tokens, 4), positions))
+
+
+def test_privileged_targets_are_read_by_name(tmp_path):
+    """A collection that recorded extra privileged targets, in another order, yields PRIVILEGED_NAMES' columns."""
+    from vla_prune_ros.data.demonstrations import PRIVILEGED_NAMES, load_episodes, write_episode, write_meta
+
+    recorded = ['extra_a'] + list(reversed(PRIVILEGED_NAMES)) + ['extra_b']
+    values = np.arange(3 * len(recorded), dtype=np.float32).reshape(3, len(recorded))
+    write_meta(tmp_path, {'camera_names': ['primary'], 'privileged_names': recorded})
+    write_episode(tmp_path, 0, {'primary': np.zeros((3, 8, 8, 3))}, np.zeros((3, 8)), np.zeros((3, 7)),
+                  'touch the red cube', True, privileged=values)
+    _, (episode,) = load_episodes(tmp_path)
+    expected = values[:, [recorded.index(name) for name in PRIVILEGED_NAMES]]
+    np.testing.assert_array_equal(episode.privileged, expected)
+
+    write_meta(tmp_path, {'camera_names': ['primary'], 'privileged_names': ['extra_a', 'cube_dx']})
+    with pytest.raises(ValueError, match='were not recorded'):
+        load_episodes(tmp_path)

@@ -82,6 +82,7 @@ def load_episodes(directory: Path, camera_names: list[str] | None = None, succes
     so a large dataset is never held at its recorded resolution."""
     meta = read_meta(directory)
     cameras = camera_names or meta['camera_names']
+    privileged_columns = _privileged_columns(meta.get('privileged_names'), directory)
     episodes = []
 
     def frames_of(data, name):
@@ -95,7 +96,8 @@ def load_episodes(directory: Path, camera_names: list[str] | None = None, succes
             episode = Episode(frames={name: frames_of(data, name) for name in cameras}, proprio=data['proprio'],
                               actions=data['actions'], instruction=str(data['instruction']),
                               success=bool(data['success']),
-                              privileged=data['privileged'] if 'privileged' in data.files else None,
+                              privileged=(data['privileged'][:, privileged_columns]
+                                          if 'privileged' in data.files else None),
                               task=str(data['task']) if 'task' in data.files else '',
                               seed=int(data['seed']) if 'seed' in data.files else None)
         if successful_only and not episode.success:
@@ -106,6 +108,17 @@ def load_episodes(directory: Path, camera_names: list[str] | None = None, succes
     if not episodes:
         raise ValueError(f'{directory}: no usable episodes')
     return meta, episodes
+
+
+def _privileged_columns(recorded_names: list[str] | None, directory) -> list[int] | slice:
+    """The columns of ``PRIVILEGED_NAMES`` in a collection's privileged targets, found by name, so a
+    collection that recorded extra targets trains the same heads as one that did not."""
+    if recorded_names is None or list(recorded_names) == list(PRIVILEGED_NAMES):
+        return slice(None)
+    missing = [name for name in PRIVILEGED_NAMES if name not in recorded_names]
+    if missing:
+        raise ValueError(f'{directory}: privileged targets {missing} were not recorded (it has {recorded_names})')
+    return [list(recorded_names).index(name) for name in PRIVILEGED_NAMES]
 
 
 def action_chunk(actions: np.ndarray, start: int, chunk_len: int) -> np.ndarray:
