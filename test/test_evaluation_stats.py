@@ -71,3 +71,12 @@ def test_summary_reports_paired_keys_and_task_time_over_successes_only():
     assert row['mean_task_time_s'] == 3.0 and summarise(baseline)['mean_task_time_s'] == 2.0
     with pytest.raises(ValueError):
         summarise(method[:5], baseline)
+
+
+def test_eval_refuses_a_repeated_method_label():
+    """The report is keyed by label, so a second ``lightvla=...`` would silently replace the first."""
+    import argparse
+    from vla_prune_ros.evaluation import evaluate
+    args = argparse.Namespace(tasks='touch', methods='none,lightvla=/a,lightvla=/b', checkpoint='/a')
+    with pytest.raises(ValueError, match=r"\['lightvla'\] appear more than once"):
+        evaluate(args)

@@ -196,6 +196,11 @@ def evaluate(args) -> dict:
     from .sim.tasks import TASK_KINDS
     tasks = args.tasks.split(',') if args.tasks else list(TASK_KINDS)
     specs = [parse_method(m, Path(args.checkpoint)) for m in args.methods.split(',')]
+    labels = [label for label, _, _ in specs]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:   # the report is keyed by label: a repeat would overwrite a result
+        raise ValueError(f'--methods: the label(s) {repeated} appear more than once; '
+                         f'tell runs apart as METHOD@NAME=PATH, e.g. lightvla@zero_shot=PATH')
     env = TabletopEnv(image_size=args.image_size, seed=args.seed)
     kinematics = EndEffectorVelocity(env.urdf_xml, env.tcp_frame, list(env.joint_names[:6]))
     controller = CoarseFineController(sim_controller_config())
