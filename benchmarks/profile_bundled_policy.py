@@ -1,11 +1,13 @@
 """Stage timings of the bundled policy per method (the profile behind the bundled-policy analysis).
 
-    .venv/bin/python benchmarks/profile_bundled_policy.py [THREADS]
+    .venv/bin/python benchmarks/profile_bundled_policy.py [THREADS] [compile]
 
 80 control steps of the simulated expert; every policy observes every step and infers every 8th
 (mode coarse, measured speed); medians of the second pass. Prints preprocess / vision / llm / head /
 pruning / total in ms, the tokens per LLM layer and the FLOPs ratio; then each method's latency against
 none, its efficiency and the ceiling of both (``vla_prune_ros.benchmark.efficiency_ceiling``).
+With ``compile`` the layers run through ``torch.compile`` (``VLAModel.use_compiled_layers``); the first
+pass compiles, and only the second is timed.
 """
 import sys
 
@@ -28,6 +30,9 @@ def latency_at_ceiling(row, base):
 torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
 policies = {m: VLAPolicy.from_checkpoint(LIGHTVLA_POLICY if m == 'lightvla' else DEFAULT_POLICY, method=m)
             for m in ('none', 'specprune', 'lightvla')}
+if 'compile' in sys.argv[2:]:
+    for policy in policies.values():
+        policy.model.use_compiled_layers()
 config = policies['none'].config
 steps = []
 with TabletopEnv(image_size=config.vision.image_size, seed=3) as env:

@@ -128,6 +128,8 @@ def run(args: argparse.Namespace) -> dict:
     tokenizer = build_word_tokenizer(prompt_words(config.prompt_template, [INSTRUCTION]))
     config.llm['vocab_size'] = max(config.llm['vocab_size'], len(tokenizer))
     model = VLAModel(config).eval().to(getattr(args, 'device', 'cpu'))
+    if getattr(args, 'compile', False):
+        model.use_compiled_layers()      # the warm-up frames compile (one graph per layer kind)
     chunk = config.chunk_len
     steps = control_steps((args.frames + args.warmup) * chunk, config.vision.image_size, args.seed)
     base = VLAPolicy(model, tokenizer, 'none')
@@ -159,6 +161,7 @@ def run(args: argparse.Namespace) -> dict:
     results = summarise(samples, config)
     results['meta'] = {
         'command': args.command, 'preset': args.preset, 'attn': args.attn, 'device': str(base.device),
+        'compiled_layers': model.compiled_layers,
         'torch_threads': torch.get_num_threads(), 'frames': args.frames, 'warmup': args.warmup,
         'parameters': count_parameters(model), 'sequence_length': samples['none'][0].tokens_total if 'none' in samples
         else None, 'vision_flops_share': vision_share(config, samples),

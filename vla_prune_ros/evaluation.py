@@ -213,6 +213,8 @@ def evaluate(args) -> dict:
     try:
         for label, method, checkpoint in specs:
             policy = VLAPolicy.from_checkpoint(checkpoint, device=args.device, method=method)
+            if getattr(args, 'compile', False):
+                policy.model.use_compiled_layers()
             execute = args.execute_steps or policy.config.chunk_len
             results = []
             for task, seed in tqdm(episodes, desc=f'eval {label}', dynamic_ncols=True):

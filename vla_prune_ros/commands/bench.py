@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device_argument, add_methods_argument, command_line, write_report
+from .common import add_compile_argument, add_device_argument, add_methods_argument, command_line, write_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--attn', default='sdpa', choices=['sdpa', 'eager'])
     parser.add_argument('--threads', type=int, default=0)
     add_device_argument(parser)
+    add_compile_argument(parser)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--no-paper-points', action='store_true', help='skip the forced paper operating points')
     parser.add_argument('--json', help='write the results here')

@@ -25,6 +25,12 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--device', default='cpu')
 
 
+def add_compile_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--compile', action='store_true',
+                        help='run the LLM and SigLIP layers through torch.compile (VLAModel.use_compiled_layers); '
+                             'the first calls compile')
+
+
 def command_line(verb: str, args: argparse.Namespace) -> str:
     """The command as typed, for a report's ``meta``."""
     return f'vla-prune {verb} ' + ' '.join(getattr(args, 'argv', []))

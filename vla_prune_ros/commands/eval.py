@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_checkpoint_argument, add_device_argument, add_methods_argument, command_line, write_report
+from .common import (add_checkpoint_argument, add_compile_argument, add_device_argument, add_methods_argument,
+                     command_line, write_report)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--image-size', type=int, default=128)
     parser.add_argument('--execute-steps', type=int, default=0, help='steps of each chunk executed (0 = all)')
     add_device_argument(parser)
+    add_compile_argument(parser)
     parser.add_argument('--through-ros', action='store_true',
                         help='run the episodes through vla_prune_node and vla_prune_sim over DDS')
     parser.add_argument('--execution', default='sync',
@@ -34,6 +36,8 @@ def main(args: argparse.Namespace) -> int:
     from ..evaluation import episode_plan, evaluate, plot, table
     args.command = command_line('eval', args)
     if args.through_ros:
+        if args.compile:
+            raise SystemExit('--compile: the in-process loop only (the node loads its own policy)')
         from ..control.chunk_queue import AGGREGATIONS
         from ..sim import ros_eval
         from ..sim.tasks import TASK_KINDS

@@ -20,7 +20,7 @@ from transformers import (Dinov2WithRegistersConfig, Dinov2WithRegistersModel, L
                           SiglipVisionConfig, SiglipVisionModel)
 
 from .configuration_vla import BackboneConfig, VLAConfig
-from .pruned_llm import StageClock, run_pruned_llm
+from .pruned_llm import StageClock, compiled, run_pruned_llm
 
 
 # ----------------------------------------------------------------------------- token layout
@@ -124,6 +124,7 @@ class ViTFeatures(nn.Module):
             self.embeddings, self.blocks = vision_model.embeddings, vision_model.encoder.layer
             self.num_prefix_tokens = 1 + backbone.num_register_tokens   # CLS + registers
             self.lean = False
+        self.compiled_layers = False        # VLAModel.use_compiled_layers
         # FiLM (OFT+): per used block, the language embedding -> (gamma, beta). Zero-initialised, so a
         # new FiLM model starts as the plain ViT.
         self.film = None
@@ -136,9 +137,10 @@ class ViTFeatures(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, language: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.embeddings(pixel_values)
+        block_function = compiled(lean_siglip_block) if self.compiled_layers else lean_siglip_block
         for i, block in enumerate(self.blocks[:-1]):   # OFT reads the second-to-last block (timm n = depth - 2)
             if self.lean:
-                hidden = lean_siglip_block(block, hidden)
+                hidden = block_function(block, hidden)
             else:
                 hidden = block(hidden, attention_mask=None)
                 hidden = hidden[0] if isinstance(hidden, tuple) else hidden
@@ -263,6 +265,15 @@ class VLAModel(nn.Module):
         self.projector = Projector(vision.feature_dim, hidden, fused=len(vision.backbones) == 2)
         self.proprio_projector = ProprioProjector(config.proprio_dim, hidden) if config.proprio_dim else None
         self.action_head = L1RegressionActionHead(hidden, config.action_dim, config.head_num_blocks)
+        self.compiled_layers = False
+
+    def use_compiled_layers(self, enabled: bool = True) -> None:
+        """Run the lean (sdpa) LLM and SigLIP layers through ``torch.compile`` (``pruned_llm.compiled``).
+        The first calls compile (tens of seconds on a CPU; it needs a C++ compiler there); the eager
+        path (``attn_implementation='eager'``) and DINOv2 blocks are never compiled."""
+        self.compiled_layers = enabled
+        for backbone in self.vision_backbones:
+            backbone.compiled_layers = enabled
 
     # --- pieces ---------------------------------------------------------------
 

@@ -104,6 +104,8 @@ class VLAPruneNode(Node):
             torch.set_num_threads(values['torch_threads'])
 
         self.policy = load_policy(values)
+        if values['compile_layers']:
+            self.policy.model.use_compiled_layers()        # compiled by the warm-up below
         config = self.policy.config
         model = ModelInfo(action_dim=config.action_dim, chunk_len=config.chunk_len, num_cameras=config.num_cameras,
                           proprio_dim=config.proprio_dim, camera_names=tuple(config.camera_names),

@@ -32,6 +32,10 @@ _CORE = [
     parameter('torch_threads', 'integer', 0,
               'CPU threads torch uses for inference; 0 = torch default. Fewer than the cores keeps sensor callbacks '
               'and other processes from stalling a forward pass on a small CPU.', 0, 256, read_only=True),
+    parameter('compile_layers', 'bool', False,
+              'Run the LLM and SigLIP layers through torch.compile (dynamic shapes: a pruned token count or a method '
+              'switch does not compile again). The start-up warm-up compiles them: tens of seconds on a CPU, which '
+              'needs a C++ compiler (without one the node warns and runs eagerly).', read_only=True),
     parameter('method', 'string', 'none',
               'Visual-token pruning method; switchable live (applies at the next inference).', choices=METHOD_NAMES),
     parameter('camera_topics', 'string_array', ['camera/primary/image_raw', 'camera/wrist/image_raw'],
