@@ -124,7 +124,6 @@ class ViTFeatures(nn.Module):
             self.embeddings, self.blocks = vision_model.embeddings, vision_model.encoder.layer
             self.num_prefix_tokens = 1 + backbone.num_register_tokens   # CLS + registers
             self.lean = False
-        self.compiled_layers = False        # VLAModel.use_compiled_layers
         # FiLM (OFT+): per used block, the language embedding -> (gamma, beta). Zero-initialised, so a
         # new FiLM model starts as the plain ViT.
         self.film = None
@@ -135,9 +134,10 @@ class ViTFeatures(nn.Module):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
 
-    def forward(self, pixel_values: torch.Tensor, language: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, language: torch.Tensor | None = None,
+                compiled_layers: bool = False) -> torch.Tensor:
         hidden = self.embeddings(pixel_values)
-        block_function = compiled(lean_siglip_block) if self.compiled_layers else lean_siglip_block
+        block_function = compiled(lean_siglip_block) if compiled_layers else lean_siglip_block
         for i, block in enumerate(self.blocks[:-1]):   # OFT reads the second-to-last block (timm n = depth - 2)
             if self.lean:
                 hidden = block_function(block, hidden)
@@ -272,8 +272,6 @@ class VLAModel(nn.Module):
         The first calls compile (tens of seconds on a CPU; it needs a C++ compiler there); the eager
         path (``attn_implementation='eager'``) and DINOv2 blocks are never compiled."""
         self.compiled_layers = enabled
-        for backbone in self.vision_backbones:
-            backbone.compiled_layers = enabled
 
     # --- pieces ---------------------------------------------------------------
 
@@ -307,7 +305,7 @@ class VLAModel(nn.Module):
             language = self.language_embedding(prompt_ids, prompt_padding).repeat_interleave(cameras, dim=0)
         # Run every camera through the ViTs as one batch.
         stacked = pixel_values.reshape(batch * cameras, per_camera, *pixel_values.shape[2:])
-        features = torch.cat([vit(stacked[:, 3 * i:3 * i + 3], language)
+        features = torch.cat([vit(stacked[:, 3 * i:3 * i + 3], language, self.compiled_layers)
                               for i, vit in enumerate(self.vision_backbones)], dim=-1)
         features = features.reshape(batch, cameras * features.shape[1], features.shape[2])
         return self.projector(features)
